@@ -1,0 +1,28 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NUCLEI = SHARED_DATA / "nuclei_dsb2018.npz"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def nuclei():
+    """The real 512x512 microscopy image and its instance map (skipped when ../shared is absent)."""
+    if not NUCLEI.is_file():
+        pytest.skip(f"real data not found at {NUCLEI}")
+    with np.load(NUCLEI) as data:
+        return {"image": data["image"], "instances": data["instances"]}
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA unavailable)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

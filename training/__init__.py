@@ -1,0 +1,1 @@
+"""Training: data sets, augmentation, quadtree collation and metrics (trainer, loss and CLI live beside them)."""
