@@ -59,6 +59,62 @@ def cmd_stats(args: argparse.Namespace) -> None:
         print()
 
 
+def run_config_from_args(args: argparse.Namespace):
+    """defaults < --config FILE (or RUN_DIR/config.yaml with --resume) < flags given on the command line."""
+    from qgn.config import QGNConfig
+    from training.config import RunConfig
+    from training.datasets import build_dataset
+
+    values: dict = {}
+    config_file = Path(args.config) if args.config else None
+    if config_file is None and args.resume and (Path(args.out) / "config.yaml").is_file():
+        config_file = Path(args.out) / "config.yaml"
+    if config_file is not None:
+        values = RunConfig.load(config_file).as_dict()
+    model, data = values.setdefault("model", {}), values.setdefault("data", {})
+    train, loss = values.setdefault("train", {}), values.setdefault("loss", {})
+    flags = {
+        ("data", "dataset"): args.data, ("data", "val_dataset"): args.val_data,
+        ("model", "num_classes"): args.num_classes, ("model", "model"): args.model, ("model", "encoder"): args.encoder,
+        ("model", "backend"): args.backend, ("model", "in_channels"): args.in_channels,
+        ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size, ("train", "lr"): args.lr,
+        ("train", "max_steps"): args.max_steps, ("train", "device"): args.device, ("train", "seed"): args.seed,
+        ("train", "num_workers"): args.workers, ("train", "optimizer"): args.optimizer,
+        ("train", "schedule"): args.schedule, ("train", "checkpoint_every"): args.checkpoint_every,
+        ("loss", "level_scale"): args.level_scale,
+    }
+    sections = {"model": model, "data": data, "train": train, "loss": loss}
+    for (section, key), value in flags.items():
+        if value is not None:
+            sections[section][key] = value
+    if args.no_progress:
+        train["progress"] = False
+    if args.in_channels is not None:
+        data["in_channels"] = args.in_channels
+    if args.depth is not None:
+        model["depth"] = data["depth"] = args.depth
+        if "decoder_channels" not in model:
+            defaults = QGNConfig.for_depth(args.depth, num_classes=1)
+            model["encoder_channels"] = list(defaults.encoder_channels)
+            model["decoder_channels"] = list(defaults.decoder_channels)
+    if args.crop is not None:
+        data.setdefault("augment", {})["crop"] = args.crop
+    if "num_classes" not in model:
+        dataset = build_dataset(data.get("dataset", "synthetic"), "train", data.get("num_classes"))
+        model["num_classes"] = dataset.num_classes
+    data.setdefault("num_classes", model["num_classes"])
+    return RunConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.trainer import train
+
+    config = run_config_from_args(args)
+    summary = train(config, args.out, resume=args.resume)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"done: {args.out}/last.pt, best.pt, log.jsonl; last validation mIoU {summary.get('miou', float('nan')):.4f}")
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -88,6 +144,34 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--ignore-index", type=int, default=255)
     stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
     stats.set_defaults(run=cmd_stats)
+
+    train = commands.add_parser("train", help="train a QGN (or its dense twin); torchrun for several processes")
+    train.add_argument("--data", help="training data spec: synthetic[:OPTIONS], folder:PATH, cityscapes:PATH, "
+                                      "ade20k:PATH, sunrgbd:PATH (default synthetic)")
+    train.add_argument("--val-data", help="validation spec (default: --data, split val)")
+    train.add_argument("--num-classes", type=int, help="classes C (default: the data set's own count)")
+    train.add_argument("--depth", type=int, help="quadtree depth D (default 5)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--crop", type=int, help="square training crop, a multiple of 2**depth")
+    train.add_argument("--model", choices=["qgn", "dense"])
+    train.add_argument("--encoder", choices=["resnet", "efficientnet_lite0"])
+    train.add_argument("--backend", choices=["spconv", "torch"])
+    train.add_argument("--in-channels", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--optimizer", choices=["adamw", "sgd"])
+    train.add_argument("--schedule", choices=["poly", "cosine", "constant"])
+    train.add_argument("--level-scale", type=float, help="s in the level weights s**(depth - l)")
+    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    train.add_argument("--checkpoint-every", type=int, help="also write last.pt every N steps")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    train.add_argument("--workers", type=int, help="DataLoader workers per process")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--config", help="YAML file with sections model, data, loss, train (flags override it)")
+    train.add_argument("--out", required=True, metavar="RUN_DIR")
+    train.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly where it stopped")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=cmd_train)
     return parser
 
 
@@ -95,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"qgn {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

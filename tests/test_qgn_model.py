@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+import quadtree as qt
+from qgn import QGN, QGNConfig
+from sparse_ops import gather_dense
+
+
+def small_config(**overrides) -> QGNConfig:
+    values = dict(num_classes=3, depth=3, encoder_channels=(8, 12), decoder_channels=(12, 10, 8, 6))
+    values.update(overrides)
+    return QGNConfig(**values)
+
+
+def full_tree(batch: int, size: int, depth: int) -> qt.Quadtree:
+    """Every node MIXED down to full resolution: the sparse decoder is active at every cell."""
+    checker = (np.indices((size, size)).sum(0) % 2).astype(np.uint8)
+    return qt.encode(np.stack([checker] * batch), depth)
+
+
+@pytest.mark.parametrize("backend", ["spconv", "torch"])
+@pytest.mark.parametrize("training", [False, True])
+def test_sparse_decoder_on_a_full_tree_equals_the_dense_twin(backend, training):
+    torch.manual_seed(0)
+    model = QGN(small_config(backend=backend)).double()
+    model.train(training)
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    tree = full_tree(2, 32, 3)
+    assert [level.num_nodes for level in tree.levels] == [2 * 16 * 4 ** l for l in range(4)]
+
+    sparse = model(images, tree).level_logits
+    sparse_loss = sum((logits ** 2).sum() for logits in sparse)
+    sparse_grads = torch.autograd.grad(sparse_loss, [images, *model.parameters()])
+
+    dense_maps = model.forward_dense(images)
+    dense = [gather_dense(m, tree.levels[l].coords) for l, m in enumerate(dense_maps)]
+    dense_loss = sum((logits ** 2).sum() for logits in dense)
+    dense_grads = torch.autograd.grad(dense_loss, [images, *model.parameters()])
+
+    for a, b in zip(sparse, dense):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_forward_backward_shapes_for_both_models(nuclei):
+    mask = (nuclei["instances"][:64, :96] % 4).astype(np.uint8)
+    tree = qt.encode(np.stack([mask, mask[::-1].copy()]), 3)
+    images = torch.randn(2, 3, 64, 96)
+    for kind in ("qgn", "dense"):
+        model = QGN(small_config(model=kind, num_classes=4))
+        out = model(images, tree)
+        assert [tuple(l.shape) for l in out.level_logits] == [
+            (level.num_nodes, 5 if l < 3 else 4) for l, level in enumerate(tree.levels)]
+        if kind == "dense":
+            assert out.full_logits.shape == (2, 4, 64, 96)
+        else:
+            assert out.full_logits is None
+        loss = sum(l.sum() for l in out.level_logits)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_empty_levels_keep_every_parameter_in_the_graph():
+    model = QGN(small_config())
+    tree = qt.encode(np.zeros((1, 32, 32), np.uint8), 3)  # no MIXED node: levels 1..3 are empty
+    out = model(torch.randn(1, 3, 32, 32), tree)
+    assert [l.shape[0] for l in out.level_logits] == [16, 0, 0, 0]
+    sum(l.sum() for l in out.level_logits).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bad_inputs():
+    model = QGN(small_config())
+    tree = qt.encode(np.zeros((1, 32, 32), np.uint8), 3)
+    with pytest.raises(ValueError, match="3-channel images"):
+        model(torch.randn(1, 1, 32, 32), tree)
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*depth"):
+        model(torch.randn(1, 3, 30, 32), tree)
+    with pytest.raises(ValueError, match="does not match the images"):
+        model(torch.randn(2, 3, 32, 32), tree)
+    with pytest.raises(ValueError, match="depth"):
+        model(torch.randn(1, 3, 32, 32), qt.encode(np.zeros((1, 32, 32), np.uint8), 2))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown model"):
+        QGNConfig(model="unet")
+    with pytest.raises(ValueError, match="decoder_channels needs 6"):
+        QGNConfig(decoder_channels=(8, 8))
+    with pytest.raises(ValueError, match="encoder_channels needs"):
+        QGNConfig(depth=4)
+    assert QGNConfig.for_depth(4).depth == 4
+    with pytest.raises(ValueError, match="unknown QGNConfig fields"):
+        QGNConfig.from_dict({"num_class": 3})
+    assert QGNConfig.from_dict(QGNConfig().as_dict()) == QGNConfig()

@@ -1,0 +1,30 @@
+import torch
+import torch.nn.functional as F
+
+from qgn.stem import PixelStem, gather_patches
+
+
+def test_gather_patches_equals_unfold_at_the_nodes():
+    image = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    coords = torch.tensor([[0, 0, 0], [1, 6, 8], [0, 3, 4], [1, 0, 8]], dtype=torch.int32)
+    for k in (1, 3, 5):
+        unfolded = F.unfold(image, k, padding=k // 2).view(2, 3 * k * k, 7, 9)  # (B, C*k*k, H, W)
+        expected = unfolded[coords[:, 0].long(), :, coords[:, 1].long(), coords[:, 2].long()]
+        torch.testing.assert_close(gather_patches(image, coords, k), expected)
+    assert gather_patches(image, torch.zeros(0, 3, dtype=torch.int32)).shape == (0, 27)
+
+
+def test_pixel_stem_equals_its_dense_conv_outputs_and_gradients():
+    torch.manual_seed(0)
+    for stride in (1, 2):
+        stem = PixelStem(3, 5, stride).double()
+        images = torch.randn(2, 3, 8, 12, dtype=torch.float64, requires_grad=True)
+        h, w = 8 // stride, 12 // stride
+        coords = torch.nonzero(torch.rand(2, h, w) > 0.5).int()
+        sparse = stem(images, coords)
+        dense = stem.forward_dense(images)[coords[:, 0].long(), :, coords[:, 1].long(), coords[:, 2].long()]
+        torch.testing.assert_close(sparse, dense)
+        grads_sparse = torch.autograd.grad(sparse.square().sum(), [images, stem.weight, stem.bias])
+        grads_dense = torch.autograd.grad(dense.square().sum(), [images, stem.weight, stem.bias])
+        for a, b in zip(grads_sparse, grads_dense):
+            torch.testing.assert_close(a, b)

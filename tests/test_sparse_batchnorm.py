@@ -1,0 +1,55 @@
+"""NodeBatchNorm / node_batch_norm: BatchNorm1d over node rows, and the rule for fewer than two nodes."""
+
+import pytest
+import torch
+
+from sparse_ops import NodeBatchNorm, node_batch_norm
+
+
+def test_equals_batchnorm1d_in_training_and_eval():
+    torch.manual_seed(0)
+    ours, reference = NodeBatchNorm(5), torch.nn.BatchNorm1d(5)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2.0)
+        ours.bias.normal_()
+    reference.load_state_dict(ours.state_dict())
+    feats = torch.randn(40, 5) * 3 + 1
+    for _ in range(2):
+        torch.testing.assert_close(ours(feats), reference(feats))
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    ours.eval(), reference.eval()
+    torch.testing.assert_close(ours(feats), reference(feats))
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_fewer_than_two_nodes_in_training_use_running_stats_without_updating_them(n):
+    bn = NodeBatchNorm(3)
+    with torch.no_grad():
+        bn.running_mean.fill_(2.0)
+        bn.running_var.fill_(4.0)
+        bn.weight.fill_(3.0)
+        bn.bias.fill_(1.0)
+    feats = torch.full((n, 3), 6.0, requires_grad=True)
+    out = bn.train()(feats)
+    assert out.shape == (n, 3)
+    torch.testing.assert_close(out, torch.full((n, 3), 3.0 * 4.0 / (4.0 + 1e-5) ** 0.5 + 1.0))
+    assert torch.equal(bn.running_mean, torch.full((3,), 2.0)) and torch.equal(bn.running_var, torch.full((3,), 4.0))
+    assert int(bn.num_batches_tracked) == 0
+    out.sum().backward()
+    assert bn.weight.grad is not None and feats.grad.shape == (n, 3)
+
+
+def test_without_running_stats():
+    bn = NodeBatchNorm(3, track_running_stats=False)
+    assert bn(torch.zeros(0, 3)).shape == (0, 3)
+    with pytest.raises(ValueError, match="single node"):
+        bn(torch.zeros(1, 3))
+    feats = torch.randn(6, 3)
+    torch.testing.assert_close(node_batch_norm(feats, None, None, training=True),
+                               torch.nn.functional.batch_norm(feats, None, None, training=True))
+
+
+def test_rejects_non_node_layout():
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        NodeBatchNorm(3)(torch.zeros(2, 3, 4))

@@ -1,0 +1,79 @@
+"""SparseGeometry: validation at construction, rulebook caching by kernel geometry, spconv interop, quadtrees."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import quadtree
+from sparse_ops import SparseGeometry, submanifold_conv2d
+from sparse_ops.backend import spconv_api, spconv_available
+
+
+def test_construction_normalises_coords():
+    coords = torch.nonzero(torch.rand(2, 6, 5) < 0.5)
+    geometry = SparseGeometry(coords, (6, 5), 2)
+    assert geometry.coords.dtype == torch.int32 and geometry.coords.is_contiguous()
+    assert geometry.spatial_shape == (6, 5) and geometry.batch_size == 2 and len(geometry) == coords.shape[0]
+    assert SparseGeometry.of(geometry) is geometry
+    assert SparseGeometry.of(geometry, (6, 5), 2) is geometry
+    assert len(SparseGeometry(torch.zeros(0, 3, dtype=torch.int32), (3, 3), 1)) == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        geometry.coords = coords
+
+
+def test_validation():
+    coords = torch.tensor([[0, 1, 2]])
+    with pytest.raises(ValueError, match="outside the grid"):
+        SparseGeometry(coords, (2, 2), 1)
+    with pytest.raises(ValueError, match="duplicate"):
+        SparseGeometry(torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1]]), (2, 2), 2)
+    with pytest.raises(ValueError, match="spatial_shape"):
+        SparseGeometry(coords, (4,), 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        SparseGeometry(coords, (4, 4), 0)
+    geometry = SparseGeometry(coords, (4, 4), 1)
+    with pytest.raises(ValueError, match="differs"):
+        SparseGeometry.of(geometry, (8, 8), None)
+    with pytest.raises(ValueError, match="differs"):
+        SparseGeometry.of(geometry, None, 2)
+
+
+def test_cache_keys_derive_from_kernel_geometry():
+    geometry = SparseGeometry(torch.nonzero(torch.rand(1, 8, 8) < 0.5), (8, 8), 1)
+    table = geometry.neighbour_table(3, 1)
+    assert geometry.neighbour_table(3, 1) is table
+    assert geometry.neighbour_table(3, 2) is not table
+    assert SparseGeometry.indice_key(5, 2) == "subm_k5_d2"
+    assert {key for key in geometry._cache} == {("torch", "subm_k3_d1"), ("torch", "subm_k3_d2")}
+    moved = geometry.to("cpu")
+    assert moved is geometry
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv missing")
+def test_spconv_modules_reuse_our_rulebook():
+    api = spconv_api()
+    g = torch.Generator().manual_seed(0)
+    geometry = SparseGeometry(torch.nonzero(torch.rand(2, 10, 9, generator=g) < 0.4), (10, 9), 2)
+    feats = torch.randn(len(geometry), 4, dtype=torch.float64, generator=g)
+    weight = torch.randn(6, 4, 3, 3, dtype=torch.float64, generator=g)
+    ours = submanifold_conv2d(feats, geometry, None, None, weight, dilation=2)
+    data = geometry.spconv_rulebook(3, 2)
+    layer = api.spconv.SubMConv2d(4, 6, 3, dilation=2, bias=False, indice_key=geometry.indice_key(3, 2),
+                                  algo=api.ConvAlgo.Native).double()
+    with torch.no_grad():
+        layer.weight.copy_(weight.permute(0, 2, 3, 1))  # F.conv2d layout -> spconv's (out, kh, kw, in)
+    tensor = geometry.to_spconv_tensor(feats)
+    assert tensor.indice_dict["subm_k3_d2"] is data
+    out = layer(tensor)
+    assert out.indice_dict["subm_k3_d2"] is data  # reused, not rebuilt
+    torch.testing.assert_close(out.features, ours, atol=1e-12, rtol=0)
+
+
+def test_from_quadtree(nuclei):
+    tree = quadtree.encode((nuclei["instances"] > 0).astype(np.uint8), depth=5)
+    for level in range(tree.depth + 1):
+        geometry = SparseGeometry.from_quadtree(tree, level)
+        assert geometry.spatial_shape == tree.level_shape(level) and geometry.batch_size == 1
+        assert torch.equal(geometry.coords, tree.levels[level].coords)

@@ -1,0 +1,61 @@
+"""Rulebooks: the neighbour table against a brute-force search, and spconv's pairs against the table."""
+
+import pytest
+import torch
+
+from sparse_ops import backend, kernel_offsets, neighbour_table, spconv_rulebook
+
+
+def brute_force_table(coords, shape, k, dilation):
+    rows = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    n = len(rows)
+    table = torch.full((n, k * k), n, dtype=torch.int64)
+    for i, (b, y, x) in enumerate(coords.tolist()):
+        for t, (dy, dx) in enumerate(kernel_offsets(k, dilation).tolist()):
+            table[i, t] = rows.get((b, y + dy, x + dx), n)
+    return table
+
+
+def test_kernel_offsets_follow_conv2d_weight_taps():
+    offsets = kernel_offsets(3, 2)
+    assert offsets.tolist() == [[-2, -2], [-2, 0], [-2, 2], [0, -2], [0, 0], [0, 2], [2, -2], [2, 0], [2, 2]]
+
+
+@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 1), (3, 3), (5, 2)])
+def test_neighbour_table_equals_brute_force(k, dilation):
+    g = torch.Generator().manual_seed(k + dilation)
+    coords = torch.nonzero(torch.rand(2, 9, 7, generator=g) < 0.5).int().contiguous()
+    table = neighbour_table(coords, (9, 7), 2, k, dilation)
+    assert table.dtype == torch.int64 and table.shape == (coords.shape[0], k * k)
+    assert torch.equal(table, brute_force_table(coords, (9, 7), k, dilation))
+
+
+@pytest.mark.skipif(not backend.spconv_available(), reason="spconv missing")
+@pytest.mark.parametrize("k,dilation", [(3, 1), (5, 2)])
+def test_spconv_pairs_describe_the_same_neighbours(k, dilation):
+    g = torch.Generator().manual_seed(0)
+    coords = torch.nonzero(torch.rand(2, 11, 8, generator=g) < 0.4).int().contiguous()
+    table = neighbour_table(coords, (11, 8), 2, k, dilation)
+    data = spconv_rulebook(coords, (11, 8), 2, k, dilation)
+    assert data.algo == backend.spconv_api().ConvAlgo.Native and data.is_subm
+    kk = k * k
+    pairs = set()
+    for t in range(kk):
+        # spconv stores the first half of the taps; the second half is their mirror (subm symmetry)
+        count = int(data.indice_pair_num[t if t <= kk // 2 else kk - 1 - t])
+        if t == kk // 2:
+            continue
+        src = data.indice_pairs[0, t, :count].tolist()
+        dst = data.indice_pairs[1, t, :count].tolist()
+        if t > kk // 2:
+            src, dst = data.indice_pairs[1, kk - 1 - t, :count].tolist(), data.indice_pairs[0, kk - 1 - t, :count].tolist()
+        pairs |= {(d, t, s) for s, d in zip(src, dst)}
+    n = coords.shape[0]
+    expected = {(i, t, int(table[i, t])) for i in range(n) for t in range(kk) if t != kk // 2 and table[i, t] < n}
+    assert pairs == expected
+
+
+def test_spconv_rulebook_refuses_unconverted_coords():
+    coords = torch.nonzero(torch.rand(1, 4, 4) < 0.5)
+    with pytest.raises(ValueError, match="int32 row-major"):
+        spconv_rulebook(coords, (4, 4), 1, 3, 1)

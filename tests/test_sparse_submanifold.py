@@ -1,0 +1,251 @@
+"""submanifold_conv2d / SubMConv2d against the dense definition: outputs and gradients, both backends."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quadtree
+from sparse_ops import SparseGeometry, SubMConv2d, dense_submanifold_conv2d, submanifold_conv2d
+from sparse_ops.backend import spconv_available
+
+BACKENDS = [pytest.param("spconv", marks=pytest.mark.skipif(not spconv_available(), reason="spconv missing")), "torch"]
+
+
+def random_sites(batch, h, w, fraction, seed):
+    """Column-major int64 coords straight from torch.nonzero (the layout spconv silently misreads)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch, h, w, generator=g) < fraction
+    return torch.nonzero(mask)
+
+
+def compare_with_dense(feats, coords, shape, batch, weight, bias, dilation, backend, atol=1e-12, rtol=1e-10):
+    feats = feats.clone().requires_grad_(True)
+    weight = weight.clone().requires_grad_(True)
+    bias = None if bias is None else bias.clone().requires_grad_(True)
+    leaves = [t for t in (feats, weight, bias) if t is not None]
+    out = submanifold_conv2d(feats, coords, shape, batch, weight, bias, dilation, backend)
+    ref = dense_submanifold_conv2d(feats, coords, shape, batch, weight, bias, dilation)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(ref, leaves, grad)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_matches_dense_conv(backend, batch, k, dilation):
+    coords = random_sites(batch, 13, 17, 0.35, seed=k * 10 + dilation + batch)
+    n = coords.shape[0]
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 5, k, k, generator=g, dtype=torch.float64)
+    bias = torch.randn(6, generator=g, dtype=torch.float64)
+    compare_with_dense(feats, coords, (13, 17), batch, weight, bias, dilation, backend)
+    compare_with_dense(feats, coords, (13, 17), batch, weight, None, dilation, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_matches_dense(backend):
+    coords = random_sites(2, 20, 20, 0.5, seed=3)
+    g = torch.Generator().manual_seed(2)
+    feats = torch.randn(coords.shape[0], 16, generator=g)
+    weight = torch.randn(8, 16, 3, 3, generator=g)
+    compare_with_dense(feats, coords, (20, 20), 2, weight, torch.randn(8, generator=g), 1, backend, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k,dilation", [(3, 1), (3, 2), (5, 1), (1, 1)])
+def test_gradcheck(backend, k, dilation):
+    coords = random_sites(2, 6, 7, 0.5, seed=k + dilation)
+    geometry = SparseGeometry(coords, (6, 7), 2)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(len(geometry), 2, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 2, k, k, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def conv(f, w, b):
+        return submanifold_conv2d(f, geometry, None, None, w, b, dilation, backend)
+
+    assert torch.autograd.gradcheck(conv, (feats, weight, bias))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 3])
+def test_empty_level(backend, k):
+    coords = torch.zeros(0, 3, dtype=torch.int32)
+    feats = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, k, k, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    out = submanifold_conv2d(feats, coords, (8, 8), 2, weight, bias, 1, backend)
+    assert out.shape == (0, 5)
+    out.sum().backward()
+    assert feats.grad.shape == (0, 4)
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and torch.equal(bias.grad, torch.zeros_like(bias))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_isolated_sites_see_only_themselves(backend):
+    coords = torch.tensor([[0, 0, 0], [0, 4, 4], [1, 2, 7]])
+    feats = torch.randn(3, 2, dtype=torch.float64)
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    out = submanifold_conv2d(feats, coords, (8, 8), 2, weight, None, 1, backend)
+    torch.testing.assert_close(out, feats @ weight[:, :, 1, 1].T)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_column_major_and_int32_coords_agree(backend):
+    coords = random_sites(2, 15, 11, 0.4, seed=7)
+    assert not coords.is_contiguous()  # torch.nonzero's column-major layout
+    feats = torch.randn(coords.shape[0], 3, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    from_nonzero = submanifold_conv2d(feats, coords, (15, 11), 2, weight, None, 1, backend)
+    from_int32 = submanifold_conv2d(feats, coords.int().contiguous(), (15, 11), 2, weight, None, 1, backend)
+    assert torch.equal(from_nonzero, from_int32)
+    torch.testing.assert_close(from_nonzero, dense_submanifold_conv2d(feats, coords, (15, 11), 2, weight), atol=1e-12,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unordered_sites(backend):
+    coords = random_sites(3, 9, 9, 0.5, seed=11)
+    coords = coords[torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(0))]
+    feats = torch.randn(coords.shape[0], 3, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    compare_with_dense(feats, coords, (9, 9), 3, weight, None, 2, backend)
+
+
+def nuclei_tree(nuclei, batched: bool):
+    binary = torch.from_numpy((nuclei["instances"] > 0).astype(np.uint8))
+    if not batched:
+        return quadtree.encode(binary, depth=5)
+    multi = torch.from_numpy((nuclei["instances"] % 20).astype(np.uint8))
+    return quadtree.encode(torch.stack([binary, multi]), depth=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("level", [2, 4, 5])
+def test_quadtree_levels_of_real_mask(nuclei, backend, level):
+    tree = nuclei_tree(nuclei, batched=True)
+    geometry = SparseGeometry.from_quadtree(tree, level)
+    assert 0 < len(geometry) < 2 * math.prod(geometry.spatial_shape)  # some nodes, not the whole grid
+    g = torch.Generator().manual_seed(level)
+    feats = torch.randn(len(geometry), 4, generator=g, dtype=torch.float64)
+    for k, dilation in [(3, 1), (5, 2)]:
+        weight = torch.randn(3, 4, k, k, generator=g, dtype=torch.float64)
+        bias = torch.randn(3, generator=g, dtype=torch.float64)
+        compare_with_dense(feats, geometry, None, None, weight, bias, dilation, backend)
+
+
+def test_backends_agree_on_real_mask(nuclei):
+    if not spconv_available():
+        pytest.skip("spconv missing")
+    geometry = SparseGeometry.from_quadtree(nuclei_tree(nuclei, batched=False), 5)
+    feats = torch.randn(len(geometry), 16)
+    weight = torch.randn(16, 16, 3, 3)
+    a = submanifold_conv2d(feats, geometry, None, None, weight, backend="spconv")
+    b = submanifold_conv2d(feats, geometry, None, None, weight, backend="torch")
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_rulebook_is_built_once_per_level(monkeypatch):
+    from sparse_ops import rulebook
+
+    calls = []
+    for name in ("neighbour_table", "spconv_rulebook"):
+        original = getattr(rulebook, name)
+        monkeypatch.setattr(rulebook, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    geometry = SparseGeometry(random_sites(1, 10, 10, 0.5, seed=0), (10, 10), 1)
+    feats = torch.randn(len(geometry), 4)
+    backends = ["torch"] + (["spconv"] if spconv_available() else [])
+    for backend in backends:
+        layers = [SubMConv2d(4, 4, 3, backend=backend) for _ in range(3)] + [SubMConv2d(4, 4, 3, 2, backend=backend)]
+        for layer in layers:
+            layer(feats, geometry)
+    # one rulebook per (backend, kernel, dilation); keys derived from the kernel geometry
+    assert sorted(calls) == sorted(["neighbour_table"] * 2 + (["spconv_rulebook"] * 2 if spconv_available() else []))
+    assert {key[1] for key in geometry._cache} == {"subm_k3_d1", "subm_k3_d2"}
+
+
+def test_module_layout_init_and_repr():
+    torch.manual_seed(0)
+    layer = SubMConv2d(8, 16, 3, dilation=2, backend="torch")
+    reference = torch.nn.Conv2d(8, 16, 3)
+    assert layer.weight.shape == reference.weight.shape and layer.bias.shape == reference.bias.shape
+    bound = 1 / math.sqrt(8 * 9)  # nn.Conv2d's init: both weight and bias lie within 1/sqrt(fan_in)
+    assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+    assert layer.weight.std() > bound / 3
+    assert "8, 16, kernel_size=3, dilation=2, bias=True, backend='torch'" in repr(layer)
+    assert SubMConv2d(2, 2, 1, bias=False).bias is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_equals_dense_conv2d_with_same_parameters(backend):
+    coords = random_sites(2, 12, 12, 0.3, seed=5)
+    geometry = SparseGeometry(coords, (12, 12), 2)
+    layer = SubMConv2d(3, 4, 3, backend=backend).double()
+    feats = torch.randn(len(geometry), 3, dtype=torch.float64)
+    out = layer(feats, geometry)
+    ref = dense_submanifold_conv2d(feats, geometry, None, None, layer.weight, layer.bias)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    out.pow(2).sum().backward()
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+
+
+def test_input_validation():
+    coords = torch.tensor([[0, 1, 1], [0, 2, 2]], dtype=torch.int32)
+    feats = torch.randn(2, 3)
+    weight = torch.randn(4, 3, 3, 3)
+    conv = submanifold_conv2d
+    with pytest.raises(ValueError, match="odd"):
+        conv(feats, coords, (4, 4), 1, torch.randn(4, 3, 2, 2))
+    with pytest.raises(ValueError, match="C_in=3"):
+        conv(torch.randn(2, 5), coords, (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="rows"):
+        conv(torch.randn(3, 3), coords, (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="outside the grid"):
+        conv(feats, torch.tensor([[0, 1, 1], [0, 4, 0]]), (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="outside the grid"):
+        conv(feats, torch.tensor([[0, 1, 1], [1, 0, 0]]), (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="outside the grid"):
+        conv(feats, torch.tensor([[0, 1, 1], [0, -1, 0]]), (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="duplicate"):
+        conv(feats, torch.tensor([[0, 1, 1], [0, 1, 1]]), (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="integer"):
+        conv(feats, coords.float(), (4, 4), 1, weight)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        conv(feats, coords[:, :2], (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="'spconv', 'torch'"):
+        conv(feats, coords, (4, 4), 1, weight, backend="cuda")
+    with pytest.raises(ValueError, match="bias"):
+        conv(feats, coords, (4, 4), 1, weight, torch.randn(3))
+    with pytest.raises(ValueError, match="dilation"):
+        conv(feats, coords, (4, 4), 1, weight, dilation=0)
+    with pytest.raises(ValueError, match="dtype"):
+        conv(feats.double(), coords, (4, 4), 1, weight)
+    with pytest.raises(ValueError, match="spatial_shape"):
+        conv(feats, coords, None, 1, weight)
+    with pytest.raises(ValueError, match="SparseGeometry"):
+        SubMConv2d(3, 4)(feats, coords)
+    with pytest.raises(ValueError, match="odd"):
+        SubMConv2d(3, 4, 4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 1), (3, 2), (5, 1)])
+def test_cuda_matches_dense(backend, k, dilation):
+    coords = random_sites(2, 40, 50, 0.3, seed=k).cuda()
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(coords.shape[0], 32, generator=g).cuda()
+    weight = torch.randn(16, 32, k, k, generator=g).cuda()
+    bias = torch.randn(16, generator=g).cuda()
+    compare_with_dense(feats, coords, (40, 50), 2, weight, bias, dilation, backend, atol=5e-2, rtol=1e-2)

@@ -1,0 +1,116 @@
+"""`RunConfig`: everything a training run needs, one dataclass per component, stored as RUN_DIR/config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from qgn.config import QGNConfig
+from training.datasets import DataConfig
+from training.loss import LossConfig
+from training.transforms import AugmentConfig, NormalizeConfig
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("poly", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 4  # images per step and process
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, nesterov)
+    lr: float = 2e-3  # peak learning rate
+    weight_decay: float = 1e-4
+    schedule: str = "poly"  # "poly" (power 0.9), "cosine" or "constant", over all steps, after the warm-up
+    warmup_steps: int = 0  # linear warm-up from 0
+    max_steps: int | None = None  # stop after this many steps in all (a time budget); None = epochs only
+    grad_clip: float | None = None  # clip the gradient norm to this value
+    num_workers: int = 0  # DataLoader workers per process
+    seed: int = 0  # model init, data order and augmentation all derive from it
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    checkpoint_every: int = 0  # also write last.pt every this many steps (0: at epoch ends only)
+    log_every: int = 10  # steps between log lines
+    val_every: int = 1  # epochs between validations (the last epoch always validates)
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+
+
+@dataclass
+class RunConfig:
+    model: QGNConfig = field(default_factory=QGNConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.model.depth != self.data.depth:
+            raise ValueError(f"model depth {self.model.depth} and data depth {self.data.depth} differ")
+        if self.model.in_channels != self.data.in_channels:
+            raise ValueError(f"model in_channels {self.model.in_channels} and data in_channels "
+                             f"{self.data.in_channels} differ")
+        if self.model.ignore_index != self.data.ignore_index:
+            raise ValueError("model and data ignore_index differ")
+
+    def as_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        unknown = set(values) - {"model", "data", "loss", "train"}
+        if unknown:
+            raise ValueError(f"unknown config sections {sorted(unknown)}; valid: model, data, loss, train")
+        data = dict(values.get("data", {}))
+        for key, kind in (("normalize", NormalizeConfig), ("augment", AugmentConfig)):
+            if key in data:
+                data[key] = _build(kind, data[key], f"data.{key}")
+        return cls(model=QGNConfig.from_dict(values.get("model", {})),
+                   data=_build(DataConfig, data, "data"),
+                   loss=_build(LossConfig, values.get("loss", {}), "loss"),
+                   train=_build(TrainConfig, values.get("train", {}), "train"))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.as_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file at {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping with sections model, data, loss, train")
+        return cls.from_dict(values)
+
+
+def _build(kind, values, name):
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {name} must be a mapping, got {values!r}")
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown fields {unknown} in config section {name}; valid: {sorted(known)}")
+    return kind(**values)
+
+
+def _plain(value):
+    """Tuples -> lists, recursively, so the YAML is plain."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

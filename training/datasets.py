@@ -1,0 +1,575 @@
+"""Segmentation data sets: spec strings -> torch Datasets of (image float32 (C, H, W), mask int64 (H, W)).
+
+Specs (`build_dataset`):
+    synthetic[:OPTIONS]  procedural scenes (training.synthetic). OPTIONS, comma-separated: a bare integer = number
+                         of images, a bare preset name ("shapes", "street"), or KEY=VALUE for a SyntheticConfig
+                         field, sizes as 256 or 512x1024. E.g. "synthetic:street,16,size=1024x2048,seed=3".
+    folder:PATH          PATH/images/<name>.<png|jpg|jpeg|tif|tiff> and PATH/masks/<name>.png (8-bit labels,
+                         255 = ignore). When PATH/<split>/images exists, PATH/<split> is used instead, so one
+                         folder can hold train/ and val/; otherwise every split reads PATH itself.
+    cityscapes:PATH      PATH/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png with
+                         PATH/gtFine/<split>/<city>/<name>_gtFine_labelIds.png; label ids -> 19 train ids.
+    ade20k:PATH          PATH/ADEChallengeData2016/{images,annotations}/{training,validation}/ (or PATH itself
+                         being ADEChallengeData2016): <name>.jpg with <name>.png; 150 classes, 0 -> ignore.
+    sunrgbd:PATH         PATH/image/{train,test}/<name>.<jpg|png> with PATH/label37/{train,test}/<name>.png;
+                         37 classes, 0 -> ignore, k -> k - 1. Split "val" reads "test" (the standard 5285/5050
+                         split has no separate validation set).
+
+Images may be 8- or 16-bit, grayscale or RGB (RGBA drops alpha, palette images become RGB); 16-bit RGB is read
+from .tif (Pillow truncates 16-bit RGB PNGs to 8 bits). Grayscale images are replicated to `in_channels`;
+any other channel mismatch is an error. Masks must be single-channel 8-bit (grayscale or palette) PNGs.
+
+Every problem with the files (an empty folder, an image without its mask or the reverse, labels >= num_classes
+other than the ignore label, image/mask size mismatch) raises ValueError naming the files; `validate_dataset`
+scans every mask (and the image headers) up front so such errors come before any training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.synthetic import PRESETS, SyntheticConfig, SyntheticScenes
+from training.transforms import Augment, AugmentConfig, NormalizeConfig, check_crop, normalize_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+# Cityscapes label id -> train id (cityscapesscripts/helpers/labels.py); every other id -> ignore.
+CITYSCAPES_ID_TO_TRAIN_ID = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
+    28: 15, 31: 16, 32: 17, 33: 18,
+}
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+SUNRGBD_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+    "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes",
+    "ceiling", "books", "fridge", "tv", "paper", "towel", "shower curtain", "box", "whiteboard", "person",
+    "night stand", "toilet", "sink", "lamp", "bathtub", "bag",
+)
+
+
+# ---- file reading --------------------------------------------------------------------------------------------
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as a raw (C, H, W) array of its stored dtype (uint8, uint16, int32 or float32).
+
+    .tif/.tiff are read with tifffile ((H, W), (H, W, C) or (C, H, W) with C <= 4; every channel is kept);
+    everything else with Pillow, where RGBA/LA drop the alpha channel and palette, CMYK, YCbCr and 1-bit images
+    are converted to RGB / L.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        array = np.asarray(tifffile.imread(path))
+        if array.ndim == 3 and array.shape[0] <= 4 and array.shape[-1] > 4:  # (C, H, W) -> (H, W, C)
+            array = np.moveaxis(array, 0, -1)
+    else:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode in ("RGBA", "LA", "PA"):
+                img = img.convert("RGB" if mode != "LA" else "L")
+            elif mode == "P":
+                img = img.convert("RGB")
+            elif mode == "1":
+                img = img.convert("L")
+            elif mode not in ("L", "RGB", "I", "I;16", "I;16B", "I;16L", "F"):
+                img = img.convert("RGB")
+            array = np.asarray(img)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[-1] > 4:
+        raise ValueError(f"cannot read {path} as an image: array of shape {array.shape}; expected (H, W) or "
+                         f"(H, W, C) with C <= 4")
+    if array.dtype.byteorder not in ("=", "|"):
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a label PNG as uint8 (H, W); RGB, 16-bit and other non-label images raise ValueError."""
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P"):
+            raise ValueError(
+                f"mask {path} has image mode {img.mode!r}; masks must be single-channel 8-bit PNGs (grayscale 'L' "
+                f"or palette 'P') holding class indices, 255 = ignore (not colour-coded RGB images)"
+            )
+        return np.array(img, dtype=np.uint8)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header (no pixel decoding)."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+        if len(shape) == 3 and shape[0] <= 4 and shape[-1] > 4:
+            return int(shape[1]), int(shape[2])
+        return int(shape[0]), int(shape[1])
+    with Image.open(path) as img:
+        return img.height, img.width
+
+
+def match_channels(image: np.ndarray, in_channels: int, path) -> np.ndarray:
+    """Return `image` (C, H, W) with in_channels channels: grayscale is replicated, other mismatches raise."""
+    channels = image.shape[0]
+    if channels == in_channels:
+        return image
+    if channels == 1:
+        return np.repeat(image, in_channels, axis=0)
+    raise ValueError(
+        f"image {path} has {channels} channels but the model expects in_channels={in_channels}; set in_channels="
+        f"{channels} (grayscale images are replicated automatically; colour images are never averaged silently)"
+    )
+
+
+# ---- label mapping -------------------------------------------------------------------------------------------
+
+
+def identity_lut(num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """int16 (256,): raw value v -> v for v < num_classes, 255 -> ignore_index, anything else -> -1 (invalid)."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:num_classes] = np.arange(num_classes)
+    lut[255] = ignore_index
+    return lut
+
+
+def shifted_lut(num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """int16 (256,): 0 -> ignore, k -> k - 1 for 1 <= k <= num_classes, 255 -> ignore, others -> -1 (ADE20K,
+    SUN-RGBD)."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[0] = ignore_index
+    lut[1:num_classes + 1] = np.arange(num_classes)
+    lut[255] = ignore_index
+    return lut
+
+
+def cityscapes_lut(ignore_index: int = 255) -> np.ndarray:
+    """int16 (256,): Cityscapes label id -> train id (0..18); every other id -> ignore_index."""
+    lut = np.full(256, ignore_index, dtype=np.int16)
+    for label_id, train_id in CITYSCAPES_ID_TO_TRAIN_ID.items():
+        lut[label_id] = train_id
+    return lut
+
+
+# ---- file-backed data set ------------------------------------------------------------------------------------
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Pairs of image and mask files with a raw-label -> class lookup table.
+
+    Args:
+        pairs: (image path, mask path) per sample.
+        num_classes: classes 0..num_classes-1.
+        lut: int16 (256,) raw mask value -> class, ignore_index, or -1 for values that are errors.
+        normalize: intensity normalisation (None = NormalizeConfig()).
+        in_channels: channels of the returned images (grayscale files are replicated).
+        transform: optional callable (image, mask) -> (image, mask).
+        class_names: optional names of the classes.
+        name: data set name used in messages.
+    Items:
+        (image float32 (in_channels, H, W), mask int64 (H, W)).
+    """
+
+    def __init__(self, pairs: list[tuple[Path, Path]], num_classes: int, lut: np.ndarray, *,
+                 normalize: NormalizeConfig | None = None, in_channels: int = 3, transform=None,
+                 ignore_index: int = 255, class_names: tuple[str, ...] | None = None, name: str = "folder"):
+        self.pairs = [(Path(i), Path(m)) for i, m in pairs]
+        self.num_classes = num_classes
+        self.lut = np.asarray(lut, dtype=np.int16)
+        self.normalize = normalize if normalize is not None else NormalizeConfig()
+        self.in_channels = in_channels
+        self.transform = transform
+        self.ignore_index = ignore_index
+        self.class_names = class_names
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """Class mask int64 (H, W) of sample `index`; raw values without a class raise ValueError."""
+        path = self.pairs[index][1]
+        raw = read_mask(path)
+        mapped = self.lut[raw]
+        if (mapped < 0).any():
+            counts = np.bincount(raw.reshape(-1), minlength=256)
+            bad = [int(v) for v in np.flatnonzero(counts) if self.lut[v] < 0]
+            raise ValueError(
+                f"mask {path} holds label values {bad[:20]} that are not classes of this {self.name} data set "
+                f"(valid: classes 0..{self.num_classes - 1} after mapping, 255 = ignore); check num_classes="
+                f"{self.num_classes} or remap the mask"
+            )
+        return mapped.astype(np.int64)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Normalised image float32 (in_channels, H, W) of sample `index`."""
+        path = self.pairs[index][0]
+        image = match_channels(read_image(path), self.in_channels, path)
+        return normalize_image(image, self.normalize)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = self.load_mask(index)
+        image = self.load_image(index)
+        if image.shape[1:] != mask.shape:
+            image_path, mask_path = self.pairs[index]
+            raise ValueError(f"image {image_path} is {image.shape[1]}x{image.shape[2]} but its mask {mask_path} is "
+                             f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size")
+        image, mask = torch.from_numpy(image), torch.from_numpy(mask)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
+
+    def check_sample(self, index: int) -> np.ndarray:
+        """Validate sample `index` without decoding the image: mask values, image size and channel count.
+
+        Returns:
+            int64 (num_classes + 1,) pixel count per class, the last entry counting ignore pixels.
+        """
+        mask = self.load_mask(index)
+        image_path, mask_path = self.pairs[index]
+        size = image_size(image_path)
+        if size != mask.shape:
+            raise ValueError(f"image {image_path} is {size[0]}x{size[1]} but its mask {mask_path} is "
+                             f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size")
+        valid = mask[mask != self.ignore_index]
+        counts = np.bincount(valid.reshape(-1), minlength=self.num_classes)
+        return np.append(counts, mask.size - valid.size)
+
+    def __repr__(self) -> str:
+        return f"LabelledImages(name={self.name!r}, samples={len(self)}, num_classes={self.num_classes})"
+
+
+# ---- layouts -------------------------------------------------------------------------------------------------
+
+
+def _list_files(folder: Path, suffixes) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _names(paths, limit: int = 8) -> str:
+    paths = list(paths)
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" (and {len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+def _pair_by_stem(images: list[Path], masks: list[Path], layout: str) -> list[tuple[Path, Path]]:
+    """Match images and masks by file stem; unmatched files on either side raise ValueError."""
+    by_stem: dict[str, Path] = {}
+    duplicates = []
+    for path in images:
+        if path.stem in by_stem:
+            duplicates.append(path)
+        by_stem[path.stem] = path
+    if duplicates:
+        raise ValueError(f"several images share a name: {_names(duplicates)}; expected layout: {layout}")
+    mask_by_stem = {p.stem: p for p in masks}
+    missing = [p for stem, p in by_stem.items() if stem not in mask_by_stem]
+    orphans = [p for stem, p in mask_by_stem.items() if stem not in by_stem]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) without a mask: {_names(missing)}; expected layout: {layout}")
+    if orphans:
+        raise ValueError(f"{len(orphans)} mask(s) without an image: {_names(orphans)}; expected layout: {layout}")
+    return [(by_stem[stem], mask_by_stem[stem]) for stem in sorted(by_stem)]
+
+
+def _require_dir(path: Path, layout: str) -> None:
+    if not path.is_dir():
+        raise ValueError(f"data folder {path} does not exist or is not a directory; expected layout: {layout}")
+
+
+def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of a `folder:` data set (layout in the module docstring)."""
+    root = Path(root)
+    if (root / split / "images").is_dir():
+        root = root / split
+    layout = f"{root}/images/<name>.<png|jpg|tif> with {root}/masks/<name>.png (or {root}/<split>/images, masks)"
+    _require_dir(root / "images", layout)
+    _require_dir(root / "masks", layout)
+    images = _list_files(root / "images", IMAGE_SUFFIXES)
+    masks = _list_files(root / "masks", (".png",))
+    if not images and not masks:
+        raise ValueError(f"data folder {root} is empty: no images in {root / 'images'}; expected layout: {layout}")
+    return _pair_by_stem(images, masks, layout)
+
+
+def cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, labelIds mask) pairs of Cityscapes `split` (train, val or test)."""
+    root = Path(root)
+    layout = (f"{root}/leftImg8bit/{split}/<city>/<name>_leftImg8bit.png with "
+              f"{root}/gtFine/{split}/<city>/<name>_gtFine_labelIds.png")
+    _require_dir(root / "leftImg8bit" / split, layout)
+    _require_dir(root / "gtFine" / split, layout)
+    images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+    masks = sorted((root / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
+    if not images:
+        raise ValueError(f"no Cityscapes images found in {root / 'leftImg8bit' / split}; expected layout: {layout}")
+    image_keys = {(p.parent.name, p.name[: -len("_leftImg8bit.png")]): p for p in images}
+    mask_keys = {(p.parent.name, p.name[: -len("_gtFine_labelIds.png")]): p for p in masks}
+    missing = [p for key, p in image_keys.items() if key not in mask_keys]
+    orphans = [p for key, p in mask_keys.items() if key not in image_keys]
+    if missing:
+        raise ValueError(f"{len(missing)} Cityscapes image(s) without a *_gtFine_labelIds.png mask: "
+                         f"{_names(missing)}; expected layout: {layout}")
+    if orphans:
+        raise ValueError(f"{len(orphans)} Cityscapes mask(s) without an image: {_names(orphans)}; "
+                         f"expected layout: {layout}")
+    return [(image_keys[key], mask_keys[key]) for key in sorted(image_keys)]
+
+
+def ade20k_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, annotation) pairs of ADE20K (SceneParsing, ADEChallengeData2016) `split`."""
+    root = Path(root)
+    if (root / "ADEChallengeData2016").is_dir():
+        root = root / "ADEChallengeData2016"
+    folder = {"train": "training", "val": "validation", "test": "validation"}[split]
+    layout = f"{root}/images/{folder}/<name>.jpg with {root}/annotations/{folder}/<name>.png"
+    _require_dir(root / "images" / folder, layout)
+    _require_dir(root / "annotations" / folder, layout)
+    images = _list_files(root / "images" / folder, IMAGE_SUFFIXES)
+    masks = _list_files(root / "annotations" / folder, (".png",))
+    if not images and not masks:
+        raise ValueError(f"no ADE20K images found in {root / 'images' / folder}; expected layout: {layout}")
+    return _pair_by_stem(images, masks, layout)
+
+
+def sunrgbd_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, label37) pairs of SUN-RGBD `split` ("val" reads "test")."""
+    root = Path(root)
+    folder = {"train": "train", "val": "test", "test": "test"}[split]
+    layout = f"{root}/image/{folder}/<name>.<jpg|png> with {root}/label37/{folder}/<name>.png"
+    _require_dir(root / "image" / folder, layout)
+    _require_dir(root / "label37" / folder, layout)
+    images = _list_files(root / "image" / folder, IMAGE_SUFFIXES)
+    masks = _list_files(root / "label37" / folder, (".png",))
+    if not images and not masks:
+        raise ValueError(f"no SUN-RGBD images found in {root / 'image' / folder}; expected layout: {layout}")
+    return _pair_by_stem(images, masks, layout)
+
+
+# ---- specs -> data sets --------------------------------------------------------------------------------------
+
+
+def parse_synthetic_options(options: str) -> dict:
+    """SyntheticConfig overrides from "16", "street", "size=512x1024", "num_classes=4", ... (comma-separated)."""
+    fields = {f.name: f for f in dataclasses.fields(SyntheticConfig)}
+    aliases = {"n": "num_images", "classes": "num_classes", "density": "boundary_density"}
+    overrides: dict = {}
+    for token in filter(None, (t.strip() for t in options.split(","))):
+        if "=" not in token:
+            if token.isdigit():
+                overrides["num_images"] = int(token)
+            elif token in PRESETS:
+                overrides["preset"] = token
+            else:
+                raise ValueError(f"synthetic option {token!r} is neither a number of images nor a preset "
+                                 f"({', '.join(PRESETS)}); use KEY=VALUE for other options")
+            continue
+        key, value = (s.strip() for s in token.split("=", 1))
+        key = aliases.get(key, key)
+        if key not in fields:
+            raise ValueError(f"unknown synthetic option {key!r}; valid options: "
+                             f"{', '.join(list(fields) + list(aliases))}")
+        try:
+            if key in ("size", "shape_size"):
+                parts = value.lower().replace("x", ",").replace(":", ",").split(",")
+                cast = float if key == "shape_size" else int
+                parsed = tuple(cast(p) for p in parts)
+                overrides[key] = parsed * 2 if len(parsed) == 1 else parsed
+            elif key in ("preset",):
+                overrides[key] = value
+            elif key in ("ignore_regions",):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                overrides[key] = value.lower() in ("1", "true", "yes")
+            elif key in ("boundary_density", "noise_std"):
+                overrides[key] = float(value)
+            else:
+                overrides[key] = int(value)
+        except ValueError:
+            raise ValueError(f"cannot parse synthetic option {key}={value!r}") from None
+    return overrides
+
+
+def _build_synthetic(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+    overrides = parse_synthetic_options(arg or "")
+    if num_classes is not None:
+        if "num_classes" in overrides and overrides["num_classes"] != num_classes:
+            raise ValueError(f"num_classes={num_classes} contradicts the spec's num_classes="
+                             f"{overrides['num_classes']}")
+        overrides["num_classes"] = num_classes
+    overrides.setdefault("channels", in_channels)
+    if overrides["channels"] != in_channels:
+        raise ValueError(f"synthetic channels={overrides['channels']} but in_channels={in_channels}")
+    overrides.setdefault("ignore_index", ignore_index)
+    return SyntheticScenes(SyntheticConfig(**overrides), split=split, normalize=normalize, transform=transform)
+
+
+def _fixed_classes(name: str, expected: int, num_classes: int | None) -> int:
+    if num_classes is not None and num_classes != expected:
+        raise ValueError(f"{name} has {expected} classes, got num_classes={num_classes}; leave it unset")
+    return expected
+
+
+def _build_folder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+    if num_classes is None:
+        raise ValueError("folder data sets need num_classes (labels 0..num_classes-1, 255 = ignore)")
+    if not 1 <= num_classes <= 255:
+        raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
+    return LabelledImages(folder_pairs(Path(arg), split), num_classes, identity_lut(num_classes, ignore_index),
+                          normalize=normalize, in_channels=in_channels, transform=transform,
+                          ignore_index=ignore_index, name="folder")
+
+
+def _build_cityscapes(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+    num_classes = _fixed_classes("Cityscapes", 19, num_classes)
+    return LabelledImages(cityscapes_pairs(Path(arg), split), num_classes, cityscapes_lut(ignore_index),
+                          normalize=normalize, in_channels=in_channels, transform=transform,
+                          ignore_index=ignore_index, class_names=CITYSCAPES_CLASSES, name="cityscapes")
+
+
+def _build_ade20k(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+    num_classes = _fixed_classes("ADE20K", 150, num_classes)
+    return LabelledImages(ade20k_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
+                          normalize=normalize, in_channels=in_channels, transform=transform,
+                          ignore_index=ignore_index, name="ade20k")
+
+
+def _build_sunrgbd(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+    num_classes = _fixed_classes("SUN-RGBD", 37, num_classes)
+    return LabelledImages(sunrgbd_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
+                          normalize=normalize, in_channels=in_channels, transform=transform,
+                          ignore_index=ignore_index, class_names=SUNRGBD_CLASSES, name="sunrgbd")
+
+
+DATASETS: dict[str, Callable] = {
+    "synthetic": _build_synthetic,
+    "folder": _build_folder,
+    "cityscapes": _build_cityscapes,
+    "ade20k": _build_ade20k,
+    "sunrgbd": _build_sunrgbd,
+}
+"""Spec scheme -> builder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform)."""
+
+
+def build_dataset(spec: str, split: str = "train", num_classes: int | None = None, *, ignore_index: int = 255,
+                  normalize: NormalizeConfig | None = None, in_channels: int = 3,
+                  transform=None) -> torch.utils.data.Dataset:
+    """A data set from a spec string (see the module docstring).
+
+    Args:
+        spec: "synthetic[:OPTIONS]", "folder:PATH", "cityscapes:PATH", "ade20k:PATH" or "sunrgbd:PATH".
+        split: "train", "val" or "test".
+        num_classes: required for folder:; None = the data set's own (synthetic preset default, 19, 150, 37).
+        ignore_index: the label of unsupervised pixels in the returned masks (255 in the files).
+        normalize: intensity normalisation; None = NormalizeConfig() (fixed, ImageNet mean/std).
+        in_channels: channels of the returned images (grayscale files are replicated).
+        transform: optional callable (image, mask) -> (image, mask), e.g. Augment.
+    Returns:
+        a Dataset of (image float32 (in_channels, H, W), mask int64 (H, W)) with attributes num_classes,
+        ignore_index and class_names.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    scheme, _, arg = spec.partition(":")
+    if scheme not in DATASETS:
+        raise ValueError(f"unknown data set {scheme!r} in spec {spec!r}; valid data sets: {', '.join(DATASETS)} "
+                         f"(e.g. synthetic, synthetic:street,64, folder:/data/cells, cityscapes:/data/cityscapes)")
+    if scheme != "synthetic" and not arg:
+        raise ValueError(f"data set spec {spec!r} needs a path: {scheme}:PATH")
+    return DATASETS[scheme](arg, split, num_classes, ignore_index=ignore_index, normalize=normalize,
+                            in_channels=in_channels, transform=transform)
+
+
+def validate_dataset(dataset, max_errors: int = 10) -> dict:
+    """Check every sample's mask (values, size against its image header) before training.
+
+    Uses `dataset.check_sample(i)` when the data set has it (file data sets: no image decoding), otherwise loads
+    every item and checks the mask's values against `dataset.num_classes`.
+
+    Returns:
+        {"num_samples": int, "class_pixels": int64 (num_classes,) ndarray, "ignore_pixels": int}
+        (empty counts for synthetic data sets, which are valid by construction).
+    Raises:
+        ValueError: listing up to `max_errors` problems, each naming its file.
+    """
+    if len(dataset) == 0:
+        raise ValueError(f"data set {dataset!r} is empty")
+    num_classes = int(dataset.num_classes)
+    ignore_index = int(getattr(dataset, "ignore_index", 255))
+    counts = np.zeros(num_classes + 1, dtype=np.int64)
+    errors = []
+    for index in range(len(dataset)):
+        try:
+            if hasattr(dataset, "check_sample"):
+                result = dataset.check_sample(index)
+                if result is not None:
+                    counts += result
+            else:
+                _, mask = dataset[index]
+                bad = (mask != ignore_index) & ((mask < 0) | (mask >= num_classes))
+                if bool(bad.any()):
+                    raise ValueError(f"sample {index}: mask labels {torch.unique(mask[bad]).tolist()[:20]} are not "
+                                     f"in 0..{num_classes - 1} or the ignore index {ignore_index}")
+                valid = mask[mask != ignore_index]
+                counts[:num_classes] += np.bincount(valid.numpy().ravel(), minlength=num_classes)
+                counts[num_classes] += mask.numel() - valid.numel()
+        except ValueError as error:
+            errors.append(str(error))
+            if len(errors) >= max_errors:
+                break
+    if errors:
+        more = " (stopped after the first errors)" if len(errors) >= max_errors else ""
+        raise ValueError(f"{len(errors)} invalid sample(s){more}:\n  " + "\n  ".join(errors))
+    return {"num_samples": len(dataset), "class_pixels": counts[:num_classes], "ignore_pixels": int(counts[-1])}
+
+
+# ---- configuration -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # spec of the training set (see build_dataset)
+    val_dataset: str | None = None  # spec of the validation set; None = `dataset` with split "val"
+    num_classes: int | None = None  # None = the data set's own count (required for folder:)
+    ignore_index: int = 255  # label of unsupervised pixels
+    depth: int = 5  # quadtree depth: crops must be multiples of 2**depth
+    in_channels: int = 3  # image channels given to the model (grayscale files are replicated)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # applied to the training split only
+    validate: bool = True  # scan every mask of both splits before training (see validate_dataset)
+
+    def __post_init__(self):
+        self.augment.crop = check_crop(self.augment.crop, self.depth)
+
+
+def datasets_from_config(cfg: DataConfig, generator: torch.Generator | None = None):
+    """(train, val) data sets of `cfg`; the training set is augmented; both are validated when cfg.validate.
+
+    Raises:
+        ValueError: any bad spec, crop, folder, file or label, before any training step.
+    """
+    train = build_dataset(cfg.dataset, "train", cfg.num_classes, ignore_index=cfg.ignore_index,
+                          normalize=cfg.normalize, in_channels=cfg.in_channels,
+                          transform=Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator))
+    val = build_dataset(cfg.val_dataset or cfg.dataset, "val", cfg.num_classes, ignore_index=cfg.ignore_index,
+                        normalize=cfg.normalize, in_channels=cfg.in_channels)
+    if val.num_classes != train.num_classes:
+        raise ValueError(f"training set has {train.num_classes} classes but validation set has {val.num_classes}")
+    if cfg.validate:
+        validate_dataset(train)
+        validate_dataset(val)
+    return train, val

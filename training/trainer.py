@@ -1,0 +1,361 @@
+"""Training as plain functions: `train_one_epoch`, `evaluate`, and `train` (the whole run, resumable, DDP).
+
+Reproducibility and exact resume: the data order of epoch e is a permutation seeded by (seed, e), and every
+training sample is augmented with a generator seeded by (seed, e, index), so a run that stops at any step and
+resumes from its checkpoint (model, optimizer, schedule, epoch, step, RNG states) skips the batches it already
+used and ends with the same weights as an uninterrupted run. Checkpoints are written to a temporary file and
+renamed into place, so an interrupted write never leaves a broken `last.pt`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import quadtree as qt
+from qgn import QGN, QGNConfig
+from training.collate import QuadtreeCollate
+from training.config import RunConfig, TrainConfig
+from training.datasets import build_dataset, validate_dataset
+from training.loss import QuadtreeLoss
+from training.metrics import ConfusionMatrix
+from training.transforms import Augment, augment
+
+CHECKPOINT_VERSION = 1
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+class SeededAugment(Dataset):
+    """A data set whose sample i in epoch e is augmented with a generator seeded by (seed, e, i)."""
+
+    def __init__(self, dataset: Dataset, augment_fn: Augment, seed: int):
+        self.dataset, self.augment_fn, self.seed, self.epoch = dataset, augment_fn, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, mask = self.dataset[index]
+        state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2, dtype=np.uint64)
+        generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+        return augment(image, mask, self.augment_fn.cfg, self.augment_fn.ignore_index, generator)
+
+
+class EpochOrder(Sampler):
+    """This rank's share of a permutation seeded by (seed, epoch) (or of 0..size-1 without shuffle), from sample
+    `skip_samples` on. With `pad`, the order is padded so every rank gets the same number of samples (DDP training
+    needs equal step counts); without, shares may differ by one (evaluation counts every sample once)."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 pad: bool = True):
+        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
+        self.pad = pad
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_samples
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        if self.pad:
+            per_rank = math.ceil(self.size / self.world_size)
+            order = torch.cat([order, order[: per_rank * self.world_size - self.size]])  # equal shares
+        return order[self.rank::self.world_size].tolist()
+
+    def __iter__(self):
+        return iter(self.indices()[self.skip:])
+
+    def __len__(self) -> int:
+        return len(self.indices()) - self.skip
+
+
+# ---- optimisation ----------------------------------------------------------------------------------------------
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based) of `total_steps`."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1), 1.0)
+    if cfg.schedule == "poly":
+        return (1 - progress) ** 0.9
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file in the same folder, then an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by `train`; ValueError when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable checkpoint ({error})") from error
+    if not isinstance(state, dict) or state.get("format") != "qgn-checkpoint":
+        raise ValueError(f"{path} is not a qgn checkpoint (written by `qgn train`)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} has checkpoint version {state.get('version')}; this engine reads {CHECKPOINT_VERSION}")
+    return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> QGN:
+    """The model of a checkpoint, in eval mode on `device`."""
+    state = load_checkpoint(path)
+    model = QGN(QGNConfig.from_dict(state["config"]["model"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+# ---- the loops -------------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    epoch: int = 0  # current epoch (0-based)
+    step: int = 0  # optimizer steps done in all
+    batch_in_epoch: int = 0  # batches of the current epoch done
+    best_miou: float = -1.0
+
+
+def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progress: Progress, total_steps: int,
+                    device: torch.device, log: Callable[[dict], None], on_step: Callable[[Progress], None] | None = None,
+                    bar=None) -> None:
+    """One pass over `loader` (from `progress.batch_in_epoch` on), updating `progress` after every step.
+
+    Raises:
+        FloatingPointError: a non-finite loss, naming the step and the level.
+    """
+    model.train()
+    criterion.train()
+    start, images_seen = time.perf_counter(), 0
+    for images, masks, tree in loader:
+        if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+            break
+        images, masks, tree = images.to(device), masks.to(device), tree.to(device)
+        lr = cfg.lr * lr_factor(progress.step, total_steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        output = model(images, tree)
+        losses = criterion(output.level_logits, tree, output.full_logits, masks)
+        if not torch.isfinite(losses["loss"]):
+            bad = [name for name, value in losses.items() if name != "loss" and not torch.isfinite(value)]
+            raise FloatingPointError(f"non-finite loss at step {progress.step} (epoch {progress.epoch}): "
+                                     f"{', '.join(f'{n}={float(losses[n])}' for n in bad) or 'total'}; lower the "
+                                     f"learning rate or set grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        progress.step += 1
+        progress.batch_in_epoch += 1
+        images_seen += images.shape[0]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(losses['loss']):.3f}")
+        if progress.step % cfg.log_every == 0:
+            elapsed = time.perf_counter() - start
+            log({"step": progress.step, "epoch": progress.epoch, "lr": lr,
+                 **{name: float(value) for name, value in losses.items()},
+                 "images_per_s": images_seen / elapsed if elapsed > 0 else None,
+                 "nodes_per_level": [level.num_nodes for level in tree.levels]})
+        if on_step is not None:
+            on_step(progress)
+
+
+@torch.no_grad()
+def evaluate(model: QGN, loader, num_classes: int, device: torch.device, max_depth: int | None = None,
+             ignore_index: int = 255, class_names=None) -> dict:
+    """mIoU, per-class IoU and pixel accuracy of `model.predict(max_depth=...)` over `loader` (all DDP ranks)."""
+    model.eval()
+    metric = ConfusionMatrix(num_classes, ignore_index, device)
+    for images, masks, _ in loader:
+        prediction = model.predict(images.to(device), max_depth=max_depth)
+        metric.update(prediction.labels, masks.to(device))
+    if dist.is_available() and dist.is_initialized():
+        metric.all_reduce()
+    return metric.summary(class_names)
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+    return device
+
+
+def check_checkpoint_matches(state: dict, config: RunConfig, path: Path) -> None:
+    saved = state["config"]["model"]
+    current = config.model.as_dict()
+    if saved != current:
+        diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
+        raise ValueError(f"{path} was written with another model config (saved vs current: {diff}); resume with the "
+                         f"run's own config.yaml or start a new RUN_DIR")
+
+
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
+          on_step: Callable[[Progress], None] | None = None) -> dict:
+    """Train `config` into `out_dir` (config.yaml, last.pt, best.pt, log.jsonl); returns the last validation.
+
+    Under torchrun (WORLD_SIZE > 1) every process trains its share of each batch with DistributedDataParallel
+    (gloo on CPU, nccl on CUDA); rank 0 writes the files.
+    """
+    out_dir = Path(out_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    tcfg = config.train
+    device = resolve_device(tcfg.device, local_rank)
+    distributed = world_size > 1
+    if distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main_process = rank == 0
+
+    # Data first: every data problem surfaces before any training step.
+    dcfg = config.data
+    train_base = build_dataset(dcfg.dataset, "train", dcfg.num_classes, ignore_index=dcfg.ignore_index,
+                               normalize=dcfg.normalize, in_channels=dcfg.in_channels)
+    val_set = build_dataset(dcfg.val_dataset or dcfg.dataset, "val", dcfg.num_classes, ignore_index=dcfg.ignore_index,
+                            normalize=dcfg.normalize, in_channels=dcfg.in_channels)
+    if train_base.num_classes != config.model.num_classes or val_set.num_classes != config.model.num_classes:
+        raise ValueError(f"the data has {train_base.num_classes} (train) / {val_set.num_classes} (val) classes but "
+                         f"the model {config.model.num_classes}; set --num-classes to the data's count")
+    if dcfg.validate:
+        validate_dataset(train_base)
+        validate_dataset(val_set)
+    train_set = SeededAugment(train_base, Augment(dcfg.augment, dcfg.depth, dcfg.ignore_index), tcfg.seed)
+    collate = QuadtreeCollate(dcfg.depth, dcfg.ignore_index)
+    sampler = EpochOrder(len(train_set), tcfg.seed, rank, world_size)
+    loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=tcfg.num_workers, drop_last=False)
+    val_loader = DataLoader(val_set, batch_size=1, sampler=EpochOrder(len(val_set), 0, rank, world_size, shuffle=False, pad=False),
+                            collate_fn=collate, num_workers=tcfg.num_workers)
+
+    torch.manual_seed(tcfg.seed)
+    model = QGN(config.model).to(device)
+    criterion = QuadtreeLoss(config.model.num_classes, config.model.depth, config.loss, dcfg.ignore_index).to(device)
+    optimizer = build_optimizer(model, tcfg)
+    progress = Progress()
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start without --resume")
+        state = load_checkpoint(last_path, map_location=device)
+        check_checkpoint_matches(state, config, last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        criterion.load_state_dict(state["criterion"])
+        progress = Progress(**state["progress"])
+        torch.set_rng_state(state["rng"]["torch"])
+    elif main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if last_path.exists():
+            raise ValueError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it or choose "
+                             f"another --out")
+    if main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(out_dir / "config.yaml")
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    steps_per_epoch = math.ceil(len(sampler.indices()) / tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+    if tcfg.max_steps is not None:
+        total_steps = min(total_steps, tcfg.max_steps)
+
+    def log(record: dict) -> None:
+        if main_process:
+            with open(out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpoint(path: Path) -> None:
+        if main_process:
+            save_checkpoint(path, {
+                "format": "qgn-checkpoint", "version": CHECKPOINT_VERSION, "config": config.as_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "criterion": criterion.state_dict(), "progress": vars(progress).copy(),
+                "rng": {"torch": torch.get_rng_state()},
+            })
+
+    def after_step(p: Progress) -> None:
+        if tcfg.checkpoint_every and p.step % tcfg.checkpoint_every == 0:
+            checkpoint(last_path)
+        if on_step is not None:
+            on_step(p)
+
+    bar = None
+    if main_process and tcfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=progress.step, desc="train", unit="step", dynamic_ncols=True)
+    summary: dict = {}
+    try:
+        while progress.epoch < tcfg.epochs and (tcfg.max_steps is None or progress.step < tcfg.max_steps):
+            train_set.set_epoch(progress.epoch)
+            sampler.set_epoch(progress.epoch, skip_samples=progress.batch_in_epoch * tcfg.batch_size)
+            train_one_epoch(train_model, criterion, loader, optimizer, tcfg, progress, total_steps, device, log,
+                            after_step, bar)
+            finished = tcfg.max_steps is not None and progress.step >= tcfg.max_steps
+            epoch_done = progress.batch_in_epoch >= steps_per_epoch or not finished  # the loader ran out
+            epoch = progress.epoch
+            if epoch_done:
+                progress.epoch, progress.batch_in_epoch = epoch + 1, 0
+            if (epoch + 1) % tcfg.val_every == 0 or epoch + 1 >= tcfg.epochs or finished:
+                summary = evaluate(model, val_loader, config.model.num_classes, device,
+                                   ignore_index=dcfg.ignore_index, class_names=getattr(val_set, "class_names", None))
+                log({"epoch": epoch, "step": progress.step, "val": summary})
+                if bar is not None:
+                    bar.write(f"epoch {epoch + 1}/{tcfg.epochs}: val mIoU {summary['miou']:.4f}, "
+                              f"pixel accuracy {summary['pixel_accuracy']:.4f}")
+                if summary["miou"] > progress.best_miou:
+                    progress.best_miou = summary["miou"]
+                    checkpoint(best_path)
+            checkpoint(last_path)
+            if finished:
+                break
+    except KeyboardInterrupt:
+        checkpoint(last_path)  # keep the work done; --resume continues from here
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if distributed:
+            dist.barrier()
+    return summary

@@ -1,0 +1,227 @@
+"""Image intensity normalisation and joint image/mask augmentation (random scale, crop, horizontal flip).
+
+Normalisation turns a raw image array (uint8, uint16, int32 or float; (C, H, W)) into float32. Augmentation works
+on torch tensors, image float (C, H, W) and mask int64 (H, W), and keeps them pixel-aligned: the image is resized
+bilinearly and the mask with "nearest-exact" (both sample at pixel centres), the crop window and the flip are
+shared. Crops must be multiples of 2**depth so that every crop is a whole forest of quadtrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_MEAN = (0.449,)  # mean of the ImageNet channel means / stds, used for 1-channel images
+GRAY_STD = (0.226,)
+
+
+@dataclass
+class NormalizeConfig:
+    mode: str = "fixed"  # "fixed": (x / dtype_max - mean) / std; "percentile": per-image, per-channel
+    #                      (x - p_low) / (p_high - p_low) (microscopy); "none": x / dtype_max
+    mean: tuple[float, ...] | None = None  # "fixed": per-channel mean (or one value for all channels);
+    #                                        None = ImageNet for 3 channels, 0.449 otherwise
+    std: tuple[float, ...] | None = None  # "fixed": per-channel std; None = ImageNet for 3 channels, 0.226 otherwise
+    percentiles: tuple[float, float] = (1.0, 99.8)  # "percentile": low and high percentiles of each channel
+    clip: bool = False  # "percentile": clip the result to [0, 1]
+
+    def __post_init__(self):
+        if self.mode not in NORMALIZERS:
+            raise ValueError(f"unknown normalisation mode {self.mode!r}; valid modes: {', '.join(NORMALIZERS)}")
+        low, high = self.percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be > 0, got {self.std}")
+
+
+def intensity_scale(dtype: np.dtype) -> float:
+    """Value that maps to 1.0 for a raw image dtype: 255 for uint8, 65535 for uint16 and for int32 (Pillow's
+    mode "I" holds 16-bit PNGs), the dtype maximum for other unsigned ints, 1 for floats and bools."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_ or np.issubdtype(dtype, np.floating):
+        return 1.0
+    if dtype in (np.dtype(np.int32), np.dtype(np.int64)):
+        return 65535.0
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    raise ValueError(f"images must hold integer, float or bool values, got dtype {dtype}")
+
+
+def _channel_stats(values: tuple[float, ...] | None, default3, default1, channels: int, name: str) -> np.ndarray:
+    if values is None:
+        values = default3 if channels == 3 else default1
+    values = tuple(values)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ValueError(f"normalisation {name} has {len(values)} values but the image has {channels} channels; "
+                         f"give one value per channel or a single value")
+    return np.asarray(values, dtype=np.float32)[:, None, None]
+
+
+def _normalize_fixed(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    channels = image.shape[0]
+    mean = _channel_stats(cfg.mean, IMAGENET_MEAN, GRAY_MEAN, channels, "mean")
+    std = _channel_stats(cfg.std, IMAGENET_STD, GRAY_STD, channels, "std")
+    out = image.astype(np.float32) * np.float32(1 / intensity_scale(image.dtype))
+    out -= mean
+    out /= std
+    return out
+
+
+def _normalize_percentile(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    out = image.astype(np.float32)
+    flat = out.reshape(out.shape[0], -1)
+    low, high = np.percentile(flat, cfg.percentiles, axis=1)  # (C,) each; exact on 16-bit values
+    scale = 1.0 / np.maximum(high - low, 1e-6)
+    out -= low.astype(np.float32)[:, None, None]
+    out *= scale.astype(np.float32)[:, None, None]
+    if cfg.clip:
+        np.clip(out, 0, 1, out=out)
+    return out
+
+
+def _normalize_none(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    return image.astype(np.float32) * np.float32(1 / intensity_scale(image.dtype))
+
+
+NORMALIZERS = {"fixed": _normalize_fixed, "percentile": _normalize_percentile, "none": _normalize_none}
+
+
+def normalize_image(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    """Normalise a raw image.
+
+    Args:
+        image: (C, H, W) array of any integer/float dtype (uint8 or uint16 from image files).
+        cfg: the NormalizeConfig.
+    Returns:
+        float32 (C, H, W), C-contiguous.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"normalize_image expects a (C, H, W) array, got shape {image.shape}")
+    return np.ascontiguousarray(NORMALIZERS[cfg.mode](image, cfg), dtype=np.float32)
+
+
+# ---- augmentation --------------------------------------------------------------------------------------------
+
+
+def check_crop(crop, depth: int) -> tuple[int, int] | None:
+    """Validate a crop size against the quadtree depth.
+
+    Args:
+        crop: None (no crop), an int (square) or (H, W).
+    Returns:
+        None or (H, W) as ints.
+    Raises:
+        ValueError: a side that is not a positive multiple of 2**depth, naming the nearest valid sizes.
+    """
+    if crop is None:
+        return None
+    if isinstance(crop, (int, np.integer)):
+        crop = (int(crop), int(crop))
+    crop = tuple(int(c) for c in crop)
+    if len(crop) != 2:
+        raise ValueError(f"crop must be an int or (H, W), got {crop}")
+    cell = 1 << depth
+    for name, side in zip(("height", "width"), crop):
+        if side <= 0 or side % cell:
+            below = max(cell, side // cell * cell)
+            above = max(cell, -(-side // cell) * cell)
+            nearest = f"{below}" if below == above else f"{below} or {above}"
+            raise ValueError(
+                f"crop {name} {side} is not a positive multiple of 2**depth = {cell} (depth {depth}); "
+                f"nearest valid {name}: {nearest}"
+            )
+    return crop
+
+
+@dataclass
+class AugmentConfig:
+    crop: tuple[int, int] | None = None  # output (H, W), each a multiple of 2**depth; None = keep the size
+    scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale factor, uniform in [low, high]; (1, 1) = off
+    hflip: bool = True  # flip left-right with probability 0.5
+
+    def __post_init__(self):
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
+
+
+def _uniform(low: float, high: float, generator) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def augment(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, ignore_index: int = 255,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random scale, crop (padding when smaller: image with 0, mask with ignore_index) and horizontal flip.
+
+    Args:
+        image: float (C, H, W).
+        mask: int64 (H, W).
+        cfg: the AugmentConfig (crop already checked against the depth, see `check_crop`).
+        generator: torch.Generator for the random draws; None uses torch's global RNG (distinct in every
+            DataLoader worker and reproducible under torch.manual_seed).
+    Returns:
+        image float (C, h, w) and mask int64 (h, w), (h, w) = cfg.crop when set, else the rescaled size.
+    """
+    if image.ndim != 3 or mask.ndim != 2 or image.shape[-2:] != mask.shape:
+        raise ValueError(f"augment expects image (C, H, W) and mask (H, W) of one size, got image "
+                         f"{tuple(image.shape)} and mask {tuple(mask.shape)}")
+    low, high = cfg.scale_range
+    if (low, high) != (1.0, 1.0):
+        factor = _uniform(low, high, generator)
+        h, w = mask.shape
+        size = (max(1, round(h * factor)), max(1, round(w * factor)))
+        if size != (h, w):
+            image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+            mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+    if cfg.crop is not None:
+        ch, cw = cfg.crop
+        h, w = mask.shape
+        pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=ignore_index)
+            h, w = mask.shape
+        top = int(torch.randint(h - ch + 1, (), generator=generator))
+        left = int(torch.randint(w - cw + 1, (), generator=generator))
+        image = image[:, top:top + ch, left:left + cw]
+        mask = mask[top:top + ch, left:left + cw]
+    if cfg.hflip and float(torch.rand((), generator=generator)) < 0.5:
+        image = image.flip(-1)
+        mask = mask.flip(-1)
+    return image.contiguous(), mask.contiguous()
+
+
+class Augment:
+    """Callable (image, mask) -> (image, mask) applying `augment` with a crop checked against `depth`.
+
+    Args:
+        cfg: the AugmentConfig.
+        depth: quadtree depth; cfg.crop must be a multiple of 2**depth (ValueError otherwise, at construction).
+        ignore_index: mask value for padding.
+        generator: optional torch.Generator (deterministic sequences in one process); None = torch's global RNG,
+            the right choice with DataLoader workers (a generator would be copied into every worker).
+    """
+
+    def __init__(self, cfg: AugmentConfig, depth: int, ignore_index: int = 255,
+                 generator: torch.Generator | None = None):
+        self.cfg = AugmentConfig(crop=check_crop(cfg.crop, depth), scale_range=tuple(cfg.scale_range),
+                                 hflip=cfg.hflip)
+        self.depth = depth
+        self.ignore_index = ignore_index
+        self.generator = generator
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return augment(image, mask, self.cfg, self.ignore_index, self.generator)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"Augment(crop={c.crop}, scale_range={c.scale_range}, hflip={c.hflip}, depth={self.depth}, "
+                f"ignore_index={self.ignore_index})")
