@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quadtree.tree import MIXED, Quadtree, QuadtreeLevel, child_coords
+from quadtree.tree import MIXED, Quadtree, QuadtreeLevel, child_coords, root_coords
 
 MAX_LABEL = 254
 """Largest class label a mask may hold (besides the ignore index)."""
@@ -137,11 +137,7 @@ def encode(mask, depth: int, ignore_index: int = 255) -> Quadtree:
 
     device = labels.device
     h0, w0 = pyramid[0].shape[1:]
-    b, y, x = torch.meshgrid(
-        torch.arange(batch_size, device=device), torch.arange(h0, device=device), torch.arange(w0, device=device),
-        indexing="ij",
-    )
-    coords = torch.stack([b, y, x], -1).reshape(-1, 3).to(torch.int32)
+    coords = root_coords(batch_size, h0, w0, device)
     node_labels = pyramid[0].reshape(-1).long()
     levels = [QuadtreeLevel(coords, node_labels, torch.full_like(node_labels, -1))]
     for l in range(1, depth + 1):

@@ -214,10 +214,7 @@ def check_structure(tree: Quadtree) -> None:
         if l == tree.depth and bool((labels == MIXED).any()):
             raise ValueError(f"level {l}: full-resolution nodes cannot be MIXED")
     h0, w0 = tree.level_shape(0)
-    b, y, x = torch.meshgrid(
-        torch.arange(tree.batch_size), torch.arange(h0), torch.arange(w0), indexing="ij"
-    )
-    expected = torch.stack([b, y, x], -1).reshape(-1, 3).to(torch.int32)
+    expected = root_coords(tree.batch_size, h0, w0)
     level0 = tree.levels[0]
     if not torch.equal(level0.coords.cpu(), expected) or not bool((level0.parent == -1).all()):
         raise ValueError("level 0 must hold every root cell in (batch, y, x) order with parent -1")
@@ -232,6 +229,15 @@ def check_structure(tree: Quadtree) -> None:
         expected = child_coords(above.coords[mixed])
         if not torch.equal(level.coords.cpu(), expected.cpu()):
             raise ValueError(f"level {l}: child coordinates are not 2 * parent + (dy, dx) in storage order")
+
+
+def root_coords(batch_size: int, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int32 (B * h * w, 3) row-major contiguous: every cell of a (B, h, w) root grid in (batch, y, x) order."""
+    b, y, x = torch.meshgrid(
+        torch.arange(batch_size, device=device), torch.arange(height, device=device),
+        torch.arange(width, device=device), indexing="ij",
+    )
+    return torch.stack([b, y, x], -1).reshape(-1, 3).to(torch.int32)
 
 
 def child_coords(parent_coords: torch.Tensor) -> torch.Tensor:
