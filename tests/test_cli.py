@@ -50,3 +50,33 @@ def test_console_script_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "training.cli", "stats", str(EXAMPLE), "--depth", "5"],
                             capture_output=True, text=True, check=True)
     assert "total nodes" in result.stdout
+
+
+def test_train_flags_override_the_config_file(tmp_path, capsys):
+    import yaml
+
+    from training.trainer import load_checkpoint
+
+    config = {"model": {"num_classes": 6, "depth": 3, "encoder_channels": [8, 12], "decoder_channels": [12, 10, 8, 6]},
+              "data": {"dataset": "synthetic:4,size=32", "depth": 3, "num_classes": 6},
+              "train": {"epochs": 5, "batch_size": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "1", "--crop", "32", "--out",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["data"]["augment"]["crop"] == [32, 32]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["step"] == 2
+    assert "done:" in capsys.readouterr().out
+    # --resume reads RUN_DIR/config.yaml; more epochs continue the run.
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["step"] == 4
+
+
+def test_train_reports_bad_input(tmp_path, capsys):
+    assert main(["train", "--data", "synthetic:4,size=64", "--crop", "48", "--out", str(tmp_path / "r")]) == 2
+    assert "multiple of" in capsys.readouterr().err
+    assert main(["train", "--data", "nosuch:x", "--out", str(tmp_path / "r")]) == 2
+    assert "valid data sets" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("model: {num_class: 3}\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown QGNConfig fields" in capsys.readouterr().err

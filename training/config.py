@@ -104,6 +104,8 @@ def _build(kind, values, name):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown fields {unknown} in config section {name}; valid: {sorted(known)}")
+    tuple_fields = {f.name for f in dataclasses.fields(kind) if "tuple" in str(f.type)}
+    values = {k: tuple(v) if k in tuple_fields and isinstance(v, list) else v for k, v in values.items()}
     return kind(**values)
 
 

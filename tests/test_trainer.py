@@ -1,0 +1,172 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qgn import QGN, QGNConfig
+from training.collate import QuadtreeCollate
+from training.config import RunConfig, TrainConfig
+from training.datasets import DataConfig, build_dataset
+from training.loss import QuadtreeLoss
+from training.metrics import ConfusionMatrix
+from training.trainer import Progress, load_checkpoint, load_model, train, train_one_epoch
+from training.transforms import AugmentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_run(dataset="synthetic:8,size=64", epochs=2, **train_overrides) -> RunConfig:
+    model = QGNConfig(num_classes=6, depth=3, encoder_channels=(8, 12), decoder_channels=(12, 10, 8, 6))
+    data = DataConfig(dataset=dataset, num_classes=6, depth=3, augment=AugmentConfig(crop=(32, 32)))
+    values = dict(epochs=epochs, batch_size=2, progress=False, log_every=1)
+    values.update(train_overrides)
+    return RunConfig(model=model, data=data, train=TrainConfig(**values))
+
+
+def test_training_on_the_ground_truth_tree_overfits_a_handful_of_images():
+    torch.manual_seed(0)
+    dataset = build_dataset("synthetic:4,size=128", "train")
+    images, masks, tree = QuadtreeCollate(5)([dataset[i] for i in range(4)])
+    model = QGN(QGNConfig(num_classes=dataset.num_classes))
+    criterion = QuadtreeLoss(dataset.num_classes, 5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        output = model(images, tree)
+        loss = criterion(output.level_logits, tree)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    metric = ConfusionMatrix(dataset.num_classes)
+    metric.update(model.predict(images).labels, masks)  # the predicted tree, not the ground truth
+    assert metric.summary()["miou"] > 0.9
+
+
+@pytest.mark.parametrize("model", ["qgn", "dense"])
+def test_run_writes_its_files_and_logs(tmp_path, model):
+    config = tiny_run()
+    config.model.model = model
+    summary = train(config, tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["best.pt", "config.yaml", "last.pt", "log.jsonl"]
+    assert 0.0 <= summary["miou"] <= 1.0
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert any('"loss_l3"' in line and '"lr"' in line and '"images_per_s"' in line for line in lines)
+    assert sum('"val"' in line for line in lines) == 2
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["progress"]["step"] == 8 and state["progress"]["epoch"] == 2
+    assert RunConfig.load(tmp_path / "run" / "config.yaml") == config
+    assert load_model(tmp_path / "run" / "best.pt").config.model == model
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config, tmp_path / "run")
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, Stop])
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, interruption):
+    config = tiny_run(epochs=3, checkpoint_every=2)
+    train(config, tmp_path / "straight")
+
+    def stop_at_step_5(progress: Progress):
+        if progress.step == 5:
+            raise interruption()
+
+    with pytest.raises(interruption):
+        train(config, tmp_path / "broken", on_step=stop_at_step_5)
+    saved_step = load_checkpoint(tmp_path / "broken" / "last.pt")["progress"]["step"]
+    assert saved_step == (5 if interruption is KeyboardInterrupt else 4)  # Ctrl-C saves; a crash keeps step 4
+    train(config, tmp_path / "broken", resume=True)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "broken" / "last.pt")
+    assert resumed["progress"] == straight["progress"]
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_resume_with_another_model_config_is_rejected(tmp_path):
+    train(tiny_run(epochs=1), tmp_path / "run")
+    other = tiny_run(epochs=2)
+    other.model.blocks_per_level = 2
+    with pytest.raises(ValueError, match="another model config"):
+        train(other, tmp_path / "run", resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_run(), tmp_path / "fresh", resume=True)
+
+
+def test_non_finite_loss_stops_with_the_step_and_level():
+    model = QGN(tiny_run().model)
+    dataset = build_dataset("synthetic:2,size=32", "train")
+    loader = [QuadtreeCollate(3)([dataset[0], dataset[1]])]
+
+    class NanLoss(QuadtreeLoss):
+        def forward(self, *args, **kwargs):
+            losses = super().forward(*args, **kwargs)
+            losses["loss_l2"] = losses["loss_l2"] * float("nan")
+            losses["loss"] = losses["loss"] + losses["loss_l2"]
+            return losses
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match="step 0 .*loss_l2=nan"):
+        train_one_epoch(model, NanLoss(6, 3), loader, optimizer, TrainConfig(), Progress(), 1, torch.device("cpu"),
+                        lambda record: None)
+
+
+def write_folder(root: Path, labels: list[np.ndarray], drop_mask_of: int | None = None) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for i, label in enumerate(labels):
+        Image.fromarray(np.full((*label.shape, 3), 100, np.uint8)).save(root / "images" / f"im{i}.png")
+        if i != drop_mask_of:
+            Image.fromarray(label.astype(np.uint8)).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("labels", "not in 0..5|num_classes|labels"),
+    ("empty", "empty|no image"),
+    ("no_mask", "without"),
+])
+def test_bad_data_fails_before_any_training_step(tmp_path, problem, message):
+    labels = [np.zeros((32, 32), np.uint8) for _ in range(2)]
+    if problem == "labels":
+        labels[1][3, 3] = 9  # >= num_classes = 6
+    folder = tmp_path / "data"
+    if problem == "empty":
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir(parents=True)
+    else:
+        write_folder(folder, labels, drop_mask_of=1 if problem == "no_mask" else None)
+    with pytest.raises(ValueError, match=message):
+        train(tiny_run(dataset=f"folder:{folder}"), tmp_path / "run")
+    assert not (tmp_path / "run" / "log.jsonl").exists() and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_crop_not_divisible_by_the_root_stride():
+    with pytest.raises(ValueError, match="multiple of"):
+        DataConfig(depth=5, augment=AugmentConfig(crop=(100, 100)))
+
+
+def test_two_process_distributed_run(tmp_path):
+    """torchrun with 2 CPU processes (gloo): DDP keeps the replicas equal; rank 0 writes the files."""
+    config = tiny_run(epochs=1)
+    config.save(tmp_path / "config.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "training.cli", "train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "ddp"),
+         "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert state["progress"]["step"] == 2  # 8 images / (2 processes x batch 2)
+    assert "done:" in result.stdout
