@@ -80,3 +80,59 @@ def test_train_reports_bad_input(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("model: {num_class: 3}\n")
     assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "unknown QGNConfig fields" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from qgn import QGNConfig
+    from training.config import RunConfig, TrainConfig
+    from training.datasets import DataConfig
+    from training.trainer import train
+    from training.transforms import AugmentConfig
+
+    out = tmp_path_factory.mktemp("run")
+    config = RunConfig(
+        model=QGNConfig(num_classes=6, depth=3, encoder_channels=(8, 12), decoder_channels=(12, 10, 8, 6)),
+        data=DataConfig(dataset="synthetic:4,size=32", num_classes=6, depth=3, augment=AugmentConfig(crop=(32, 32))),
+        train=TrainConfig(epochs=1, batch_size=2, progress=False))
+    train(config, out)
+    return out / "last.pt"
+
+
+def test_eval_every_depth_and_sweep(tmp_path, tiny_checkpoint, capsys):
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--limit", "2", "--json", str(tmp_path / "e.json")]) == 0
+    records = json.loads((tmp_path / "e.json").read_text())
+    assert [r["max_depth"] for r in records] == [0, 1, 2, 3]
+    assert {"miou", "iou", "nodes_per_level", "macs", "latency_ms", "peak_memory_mb"} <= set(records[0])
+    assert (tmp_path / "e.png").is_file() and "| qgn | depth 0 |" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--limit", "1", "--sweep",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert len(json.loads((tmp_path / "s.json").read_text())) == 4 + 5
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--max-depth", "7"]) == 2
+    assert "0..3" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_infer_writes_labels_tree_and_overlay(tmp_path, tiny_checkpoint, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "gray.png")  # replicated to 3 channels
+    assert main(["infer", str(tmp_path / "a.png"), str(tmp_path / "gray.png"), "--checkpoint", str(tiny_checkpoint),
+                 "--max-depth", "2", "--out", str(tmp_path / "out")]) == 0
+    for stem, shape in (("a", (37, 50)), ("gray", (20, 20))):
+        labels = Image.open(tmp_path / "out" / f"{stem}_labels.png")
+        assert labels.mode == "P" and labels.size == shape[::-1]
+        tree = qt.load(tmp_path / "out" / f"{stem}_tree.npz")
+        assert tree.image_size == shape and tree.levels[3].num_nodes == 0  # max depth 2
+        assert np.array_equal(qt.decode(tree).numpy(), np.array(labels))
+        assert Image.open(tmp_path / "out" / f"{stem}_overlay.png").size == shape[::-1]
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "two.tif", np.zeros((16, 16, 2), np.uint8))
+    assert main(["infer", str(tmp_path / "two.tif"), "--checkpoint", str(tiny_checkpoint), "--out",
+                 str(tmp_path / "o2")]) == 2
+    assert "in_channels" in capsys.readouterr().err
+    assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(tiny_checkpoint), "--budget", "0",
+                 "--out", str(tmp_path / "o3")]) == 2

@@ -52,3 +52,15 @@ def test_block_on_tiny_levels(n):
     out = block(torch.randn(n, 4), geometry)
     assert out.shape == (n, 8)
     out.sum().backward()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_on_cuda_matches_cpu(backend):
+    coords = torch.nonzero(torch.rand(2, 30, 30, generator=torch.Generator().manual_seed(0)) < 0.3)
+    block = SubMResBlock(16, backend=backend).train()
+    feats = torch.randn(coords.shape[0], 16)
+    expected = block(feats, SparseGeometry(coords, (30, 30), 2))
+    got = block.cuda()(feats.cuda(), SparseGeometry(coords.cuda(), (30, 30), 2))
+    torch.testing.assert_close(got.cpu(), expected, atol=5e-2, rtol=1e-2)

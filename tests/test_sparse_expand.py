@@ -101,3 +101,14 @@ def test_input_validation():
         expand_children(torch.randn(2, 3), coords, torch.randn(3, 4, 2, 2))
     with pytest.raises(ValueError, match="bias"):
         expand_children(torch.randn(1, 3), coords, torch.randn(3, 4, 2, 2), torch.randn(3))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    coords = parents(2, 30, 40, 0.3, seed=0)
+    feats, weight, bias = torch.randn(coords.shape[0], 16), torch.randn(16, 8, 2, 2), torch.randn(8)
+    out, children = expand_children(feats, coords, weight, bias)
+    out_cuda, children_cuda = expand_children(feats.cuda(), coords.cuda(), weight.cuda(), bias.cuda())
+    torch.testing.assert_close(out_cuda.cpu(), out, atol=1e-2, rtol=1e-2)
+    assert torch.equal(children_cuda.cpu(), children)

@@ -98,3 +98,15 @@ def test_input_validation():
         scatter_dense(torch.randn(1, 2), torch.tensor([[0, 1, 1]]))
     with pytest.raises(ValueError, match="rows"):
         scatter_dense(torch.randn(2, 2), torch.tensor([[0, 1, 1]]), (4, 4), 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_cuda_matches_cpu(mode):
+    dense = torch.randn(2, 3, 8, 8)
+    coords = sites(2, 32, 32, 0.3, seed=1)
+    expected = gather_dense(dense, coords, (32, 32), mode)
+    torch.testing.assert_close(gather_dense(dense.cuda(), coords.cuda(), (32, 32), mode).cpu(), expected)
+    feats = torch.randn(coords.shape[0], 3)
+    assert torch.equal(scatter_dense(feats.cuda(), coords.cuda(), (32, 32), 2).cpu(), scatter_dense(feats, coords, (32, 32), 2))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import quadtree
-from sparse_ops import SparseGeometry, submanifold_conv2d
+from sparse_ops import SparseGeometry, level_geometries, submanifold_conv2d
 from sparse_ops.backend import spconv_api, spconv_available
 
 
@@ -73,7 +73,6 @@ def test_spconv_modules_reuse_our_rulebook():
 
 def test_from_quadtree(nuclei):
     tree = quadtree.encode((nuclei["instances"] > 0).astype(np.uint8), depth=5)
-    for level in range(tree.depth + 1):
-        geometry = SparseGeometry.from_quadtree(tree, level)
+    for level, geometry in enumerate(level_geometries(tree)):
         assert geometry.spatial_shape == tree.level_shape(level) and geometry.batch_size == 1
         assert torch.equal(geometry.coords, tree.levels[level].coords)

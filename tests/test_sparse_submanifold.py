@@ -234,6 +234,9 @@ def test_input_validation():
         conv(feats, coords, None, 1, weight)
     with pytest.raises(ValueError, match="SparseGeometry"):
         SubMConv2d(3, 4)(feats, coords)
+    if spconv_available():
+        with pytest.raises(ValueError, match="backend='torch'"):
+            conv(feats.bfloat16(), coords, (4, 4), 1, weight.bfloat16(), backend="spconv")
     with pytest.raises(ValueError, match="odd"):
         SubMConv2d(3, 4, 4)
 

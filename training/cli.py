@@ -115,6 +115,73 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"done: {args.out}/last.pt, best.pt, log.jsonl; last validation mIoU {summary.get('miou', float('nan')):.4f}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from training.config import RunConfig
+    from training.datasets import build_dataset
+    from training.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
+    from training.trainer import load_checkpoint, load_model, resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+    config = RunConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
+    spec = args.data or config.data.val_dataset or config.data.dataset
+    dataset = build_dataset(spec, args.split, model.config.num_classes, ignore_index=config.data.ignore_index,
+                            normalize=config.data.normalize, in_channels=model.config.in_channels)
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    if args.max_depth is not None and not 0 <= args.max_depth <= model.config.depth:
+        raise ValueError(f"--max-depth must be in 0..{model.config.depth} (the model's depth), got {args.max_depth}")
+    settings = sweep_settings(model.config.depth, args.max_depth, thresholds=args.sweep)
+    records = evaluate_settings(model, (dataset[i] for i in range(count)), settings, device,
+                                config.data.ignore_index, getattr(dataset, "class_names", None))
+    print(format_table(records))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=2))
+        plot = path.with_suffix(".png")
+        plot_accuracy_vs_cost(records, plot, f"{args.checkpoint} on {spec} ({count} images)")
+        print(f"wrote {path} and {plot}")
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    import torch
+
+    import quadtree as qt
+    from training.config import RunConfig
+    from training.datasets import match_channels, read_image
+    from training.trainer import load_checkpoint, load_model, resolve_device
+    from training.transforms import normalize_image
+    from training.visualize import save_label_png, save_overlay
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+    normalize = RunConfig.from_dict(load_checkpoint(args.checkpoint)["config"]).data.normalize
+    out = Path(args.out)
+    for path in map(Path, args.images):
+        if not path.is_file():
+            raise FileNotFoundError(f"no image at {path}")
+        raw = match_channels(read_image(path), model.config.in_channels, path)
+        image = torch.from_numpy(normalize_image(raw, normalize))
+        prediction = model.predict(image[None].to(device), max_depth=args.max_depth, threshold=args.threshold,
+                                   budget=args.budget)
+        labels = save_label_png(prediction.labels[0], out / f"{path.stem}_labels.png")
+        tree = qt.save(prediction.tree.split()[0].to("cpu"), out / f"{path.stem}_tree.npz")
+        overlay = save_overlay(image, prediction.tree.split()[0].to("cpu"), out / f"{path.stem}_overlay.png")
+        nodes = "/".join(map(str, prediction.nodes_per_level))
+        print(f"{path} -> {labels.name}, {tree.name}, {overlay.name} (nodes per level {nodes}, "
+              f"{prediction.macs / 1e9:.2f} GMACs, {1e3 * prediction.seconds:.0f} ms)")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from training.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig() if args.steps is None else DemoConfig(steps=args.steps)
+    report = run_demo(args.out, cfg)
+    print(f"report: {report.resolve()}")
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -172,6 +239,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly where it stopped")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="accuracy and cost of a checkpoint at every depth (or one)")
+    evaluate.add_argument("--checkpoint", required=True, metavar="CKPT")
+    evaluate.add_argument("--data", help="data spec (default: the run's validation data)")
+    evaluate.add_argument("--split", default="val", choices=["train", "val", "test"])
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--max-depth", type=int, help="evaluate this depth only (default: every depth 0..D)")
+    which.add_argument("--sweep", action="store_true", help="every depth plus MIXED thresholds 0.1..0.9")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", metavar="OUT", help="write records here (and a PNG plot beside it)")
+    evaluate.set_defaults(run=cmd_eval)
+
+    infer = commands.add_parser("infer", help="label maps, predicted quadtrees and overlays for images")
+    infer.add_argument("images", nargs="+", metavar="IMAGE")
+    infer.add_argument("--checkpoint", required=True, metavar="CKPT")
+    infer.add_argument("--max-depth", type=int, help="deepest quadtree level to compute (default: full)")
+    infer.add_argument("--threshold", type=float, help="expand a node when P(MIXED) >= this")
+    infer.add_argument("--budget", type=int, help="at most this many expanded nodes per level")
+    infer.add_argument("--device", default="auto")
+    infer.add_argument("--out", required=True, metavar="DIR")
+    infer.set_defaults(run=cmd_infer)
+
+    demo = commands.add_parser("demo", help="train on synthetic scenes, evaluate every depth, write a report")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR")
+    demo.add_argument("--steps", type=int, help="training steps per model (default 600)")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 

@@ -1,0 +1,119 @@
+"""Accuracy against cost: evaluate one model at several inference settings (depths, thresholds) on a data set."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from qgn.memory import peak_memory
+from training.metrics import ConfusionMatrix
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One inference setting of `QGN.predict`."""
+
+    max_depth: int | None = None
+    threshold: float | None = None
+    budget: int | None = None
+
+    def label(self) -> str:
+        parts = [f"depth {self.max_depth}" if self.max_depth is not None else "full depth"]
+        if self.threshold is not None:
+            parts.append(f"threshold {self.threshold:g}")
+        if self.budget is not None:
+            parts.append(f"budget {self.budget}")
+        return ", ".join(parts)
+
+
+def sweep_settings(depth: int, max_depth: int | None = None, thresholds: bool = False) -> list[Setting]:
+    """Every depth 0..depth (or only `max_depth`), plus a few MIXED thresholds at full depth when `thresholds`."""
+    depths = range(depth + 1) if max_depth is None else [max_depth]
+    settings = [Setting(max_depth=k) for k in depths]
+    if thresholds:
+        settings += [Setting(max_depth=depth, threshold=t) for t in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    return settings
+
+
+@torch.no_grad()
+def evaluate_settings(model, samples, settings: list[Setting], device, ignore_index: int = 255,
+                      class_names=None) -> list[dict]:
+    """Evaluate `model` at each setting over `samples`: an iterable of (image (C, H, W), mask (H, W)) pairs.
+
+    Each image is predicted alone (batch 1), so latency and memory are per image.
+    Returns:
+        one record per setting: the setting, mIoU, per-class IoU, pixel accuracy, nodes per level (mean per
+        image), MACs (mean per image), median latency (ms), and peak tensor memory (MiB, max over images).
+    """
+    model.eval()
+    samples = list(samples)
+    if not samples:
+        raise ValueError("nothing to evaluate: the data set is empty")
+    metrics = {s: ConfusionMatrix(model.config.num_classes, ignore_index, device) for s in settings}
+    costs = {s: {"nodes": [], "macs": [], "ms": [], "mb": []} for s in settings}
+    model.predict(samples[0][0][None].to(device))  # warm-up: one-time imports and allocations
+    for image, mask in samples:
+        image, mask = image[None].to(device), mask[None].to(device)
+        for setting in settings:
+            with peak_memory(device) as memory:
+                prediction = model.predict(image, **asdict(setting))
+            metrics[setting].update(prediction.labels, mask)
+            cost = costs[setting]
+            cost["nodes"].append(prediction.nodes_per_level)
+            cost["macs"].append(prediction.macs)
+            cost["mb"].append(memory["peak_mb"])
+        for setting in settings:  # latency without the memory tracker's overhead
+            costs[setting]["ms"].append(1e3 * model.predict(image, **asdict(setting)).seconds)
+    records = []
+    for setting in settings:
+        summary = metrics[setting].summary(class_names)
+        cost = costs[setting]
+        records.append({
+            **asdict(setting), "setting": setting.label(), "model": model.config.model,
+            "miou": summary["miou"], "pixel_accuracy": summary["pixel_accuracy"], "iou": summary["iou"],
+            "nodes_per_level": np.mean(cost["nodes"], axis=0).tolist(),
+            "macs": float(np.mean(cost["macs"])), "latency_ms": statistics.median(cost["ms"]),
+            "peak_memory_mb": max(cost["mb"]), "images": len(samples),
+        })
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    """A markdown table of `evaluate_settings` records."""
+    lines = ["| model | setting | mIoU | pixel acc. | nodes per level | GMACs | latency ms | peak MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        nodes = "/".join(f"{n:.0f}" for n in r["nodes_per_level"])
+        lines.append(f"| {r['model']} | {r['setting']} | {r['miou']:.4f} | {r['pixel_accuracy']:.4f} | {nodes} | "
+                     f"{r['macs'] / 1e9:.3f} | {r['latency_ms']:.1f} | {r['peak_memory_mb']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_cost(records: list[dict], path, title: str = "") -> None:
+    """PNG: mIoU against GMACs and against peak memory, one point per setting (labelled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, xlabel in ((axes[0], "macs", "GMACs per image"), (axes[1], "peak_memory_mb", "peak memory (MiB)")):
+        for model in sorted({r["model"] for r in records}):
+            rows = [r for r in records if r["model"] == model]
+            xs = [r[key] / (1e9 if key == "macs" else 1) for r in rows]
+            ax.plot(xs, [r["miou"] for r in rows], "o-" if model == "qgn" else "s--", label=model)
+            for x, r in zip(xs, rows):
+                ax.annotate(r["setting"].replace("full depth, ", "").replace("depth ", "d"), (x, r["miou"]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mIoU")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,97 @@
+"""Pictures a person looks at: palette label PNGs and quadtree cells drawn over an image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import quadtree as qt
+from quadtree.decode import paint_level, upsample2x
+
+CITYSCAPES_COLOURS = [
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+]
+
+
+def label_palette() -> np.ndarray:
+    """uint8 (256, 3): Cityscapes colours for 0..18, then well-spread colours; 255 (ignore) is black."""
+    rng = np.random.default_rng(7)
+    palette = rng.integers(40, 256, (256, 3)).astype(np.uint8)
+    palette[: len(CITYSCAPES_COLOURS)] = CITYSCAPES_COLOURS
+    palette[255] = 0
+    return palette
+
+
+def save_label_png(labels, path: str | Path) -> Path:
+    """A (H, W) label map (values 0..255) as a palette PNG: the pixel values are the labels, shown in colour."""
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if labels.ndim != 2 or labels.min() < 0 or labels.max() > 255:
+        raise ValueError(f"a label PNG holds one (H, W) map of labels 0..255, got shape {labels.shape}")
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(label_palette().ravel().tolist())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def display_image(image: torch.Tensor) -> np.ndarray:
+    """A normalised float image (C, H, W) -> uint8 RGB (H, W, 3), contrast-stretched per image for display."""
+    array = image.detach().float().cpu().numpy()
+    if array.shape[0] == 1:
+        array = np.repeat(array, 3, 0)
+    array = array[:3].transpose(1, 2, 0)
+    low, high = np.percentile(array, (1, 99))
+    return (np.clip((array - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def quadtree_overlay(image_rgb: np.ndarray, tree: qt.Quadtree, labels=None, alpha: float = 0.45) -> np.ndarray:
+    """The image (H, W, 3) uint8 tinted by the label colours, with the borders of every leaf cell drawn.
+
+    Args:
+        tree: a single-image Quadtree (batch 1) of the image's size.
+        labels: optional (H, W) labels to tint with; default the tree's own decoded labels.
+    Returns:
+        uint8 (H, W, 3).
+    """
+    height, width = image_rgb.shape[:2]
+    if tree.batch_size != 1 or tree.image_size != (height, width):
+        raise ValueError(f"the overlay needs a one-image tree of size {(height, width)}, got batch "
+                         f"{tree.batch_size}, size {tree.image_size}")
+    labels = qt.decode(tree) if labels is None else labels
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    colours = label_palette()[labels.reshape(height, width)]
+    out = (image_rgb * (1 - alpha) + colours * alpha).astype(np.uint8)
+    # Leaf cells: a pixel is on a cell border when its leaf cell differs from its right or lower neighbour's.
+    cell_id = leaf_ids(tree)[0, :height, :width].numpy()
+    border = np.zeros((height, width), bool)
+    border[:, :-1] |= cell_id[:, :-1] != cell_id[:, 1:]
+    border[:-1, :] |= cell_id[:-1, :] != cell_id[1:, :]
+    out[border] = (255, 255, 255)
+    return out
+
+
+def leaf_ids(tree: qt.Quadtree) -> torch.Tensor:
+    """int64 (B, H_pad, W_pad): a distinct number for every leaf cell, painted over the pixels it covers."""
+    grid, first = None, 0
+    for l, level in enumerate(tree.levels):
+        grid = torch.full((tree.batch_size, *tree.level_shape(0)), -1, dtype=torch.int64) if grid is None \
+            else upsample2x(grid)
+        leaves = (level.labels != qt.MIXED).cpu()
+        count = int(leaves.sum())
+        paint_level(grid, level.coords.cpu()[leaves], torch.arange(first, first + count))
+        first += count
+    return grid
+
+
+def save_overlay(image: torch.Tensor, tree: qt.Quadtree, path: str | Path, labels=None) -> Path:
+    """`quadtree_overlay` of a normalised image (C, H, W) written as a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(quadtree_overlay(display_image(image), tree, labels)).save(path)
+    return path
