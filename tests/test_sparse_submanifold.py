@@ -64,8 +64,8 @@ def test_float32_matches_dense(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k,dilation", [(3, 1), (3, 2), (5, 1), (1, 1)])
 def test_gradcheck(backend, k, dilation):
-    coords = random_sites(2, 6, 7, 0.5, seed=k + dilation)
-    geometry = SparseGeometry(coords, (6, 7), 2)
+    coords = random_sites(2, 5, 6, 0.5, seed=k + dilation)
+    geometry = SparseGeometry(coords, (5, 6), 2)
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(len(geometry), 2, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 2, k, k, generator=g, dtype=torch.float64, requires_grad=True)
@@ -131,7 +131,7 @@ def nuclei_tree(nuclei, batched: bool):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("level", [2, 4, 5])
+@pytest.mark.parametrize("level", [3, 5])
 def test_quadtree_levels_of_real_mask(nuclei, backend, level):
     tree = nuclei_tree(nuclei, batched=True)
     geometry = SparseGeometry.from_quadtree(tree, level)

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train on synthetic scenes, evaluate every depth, write a report")
     demo.add_argument("--out", default="runs/demo", metavar="DIR")
-    demo.add_argument("--steps", type=int, help="training steps per model (default 600)")
+    demo.add_argument("--steps", type=int, help="training steps per model (default 250)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -24,8 +24,8 @@ from training.visualize import display_image, save_label_png, save_overlay
 @dataclass
 class DemoConfig:
     train_images: int = 256  # synthetic training scenes (256x256, cropped to 128x128 for training)
-    val_images: int = 12  # synthetic validation scenes, evaluated whole (256x256)
-    steps: int = 600  # optimizer steps of batch 8 for each model
+    val_images: int = 8  # synthetic validation scenes, evaluated whole (256x256)
+    steps: int = 250  # optimizer steps of batch 8 for each model
     seed: int = 0
 
 

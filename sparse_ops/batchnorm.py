@@ -1,0 +1,54 @@
+"""Batch normalisation over the nodes of a level: `node_batch_norm` and `NodeBatchNorm`.
+
+Features of a level are (N, C) - one row per node, the nodes of every image of the batch together - so this is
+`F.batch_norm` / `nn.BatchNorm1d` over rows. The one rule added: batch statistics need at least two rows, so
+in training with N < 2 nodes (an empty level, or a single node) the running statistics normalise the features
+(as in evaluation) and are not updated. Without running statistics (track_running_stats=False) a single node
+in training raises ValueError; an empty level always returns an empty (0, C) output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def node_batch_norm(
+    feats: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Batch norm of `feats` (N, C) over its rows, with the N < 2 rule of the module docstring. Returns (N, C)."""
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
+        raise ValueError(f"feats must be (N, C), got "
+                         f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}")
+    if training and feats.shape[0] < 2:
+        if running_mean is None or running_var is None:
+            if feats.shape[0] == 0:
+                return F.batch_norm(feats, None, None, weight, bias, True, momentum, eps)
+            raise ValueError("batch norm of a single node in training needs running statistics "
+                             "(track_running_stats=True) or at least two nodes")
+        training = False
+    return F.batch_norm(feats, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+class NodeBatchNorm(nn.BatchNorm1d):
+    """`nn.BatchNorm1d` over the nodes of a level, with the N < 2 rule of the module docstring.
+
+    Shape:
+        forward(feats (N, C)) -> (N, C).
+    """
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if feats.ndim != 2:
+            raise ValueError(f"NodeBatchNorm takes node features (N, C), got {tuple(feats.shape)}")
+        if self.training and feats.shape[0] < 2:
+            return node_batch_norm(feats, self.running_mean, self.running_var, self.weight, self.bias, True,
+                                   0.0, self.eps)
+        return super().forward(feats)

@@ -1,0 +1,201 @@
+"""`SparseGeometry`: the active sites of one level, and the rulebooks derived from them (built once, reused).
+
+Every sparse convolution at one quadtree level reads the same neighbour structure. A `SparseGeometry` holds
+the sites (coords, grid shape, batch size) and caches every rulebook derived from them, keyed by the geometry
+of the kernel (`indice_key(kernel_size, dilation)` = "subm_k{k}_d{d}"), never by hand-typed names. Pass the
+same geometry object to every conv of a level and the rulebook is built by the first and reused by the others.
+
+The geometry itself is immutable (coords are validated and frozen at construction); only the cache of derived
+structures grows. `to_spconv_tensor` exposes the cached rulebooks to spconv's own modules under the same keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sparse_ops import backend, rulebook
+
+
+@dataclass(frozen=True, eq=False)
+class SparseGeometry:
+    """Active sites of a (batch_size, h, w) grid.
+
+    Attributes:
+        coords: int32 (N, 3), row-major contiguous, columns (batch, y, x); unique, inside the grid.
+        spatial_shape: (h, w) of the grid.
+        batch_size: B; batch indices lie in 0..B-1.
+    Construction accepts any integer dtype and memory layout for `coords` (converted, e.g. the column-major
+    output of `torch.nonzero`) and raises ValueError on out-of-grid or duplicate sites.
+    """
+
+    coords: torch.Tensor
+    spatial_shape: tuple[int, int]
+    batch_size: int
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        coords = backend.as_int32_coords(self.coords)
+        shape = check_spatial_shape(self.spatial_shape)
+        batch_size = check_batch_size(self.batch_size)
+        _check_sites(coords, shape, batch_size)
+        object.__setattr__(self, "coords", coords)
+        object.__setattr__(self, "spatial_shape", shape)
+        object.__setattr__(self, "batch_size", batch_size)
+
+    # ---- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def _trusted(cls, coords: torch.Tensor, spatial_shape: tuple[int, int], batch_size: int) -> "SparseGeometry":
+        """A geometry from int32 contiguous coords known to be unique and in-grid (derived by our own ops)."""
+        geometry = object.__new__(cls)
+        object.__setattr__(geometry, "coords", coords)
+        object.__setattr__(geometry, "spatial_shape", (int(spatial_shape[0]), int(spatial_shape[1])))
+        object.__setattr__(geometry, "batch_size", int(batch_size))
+        object.__setattr__(geometry, "_cache", {})
+        return geometry
+
+    @classmethod
+    def from_quadtree(cls, tree, level: int) -> "SparseGeometry":
+        """The nodes of `tree.levels[level]` on the level-`level` grid (a `quadtree.Quadtree`)."""
+        return cls(tree.levels[level].coords, tuple(tree.level_shape(level)), tree.batch_size)
+
+    @classmethod
+    def of(cls, coords, spatial_shape=None, batch_size=None) -> "SparseGeometry":
+        """`coords` itself when it is a SparseGeometry (shape and batch size, if given, must match), else a new one.
+
+        Raises:
+            ValueError: a tensor without spatial_shape/batch_size, or a geometry whose shape or batch size
+                differs from the ones given.
+        """
+        if isinstance(coords, SparseGeometry):
+            if spatial_shape is not None and tuple(int(s) for s in spatial_shape) != coords.spatial_shape:
+                raise ValueError(f"spatial_shape {tuple(spatial_shape)} differs from the geometry's "
+                                 f"{coords.spatial_shape}; pass None to use the geometry's")
+            if batch_size is not None and int(batch_size) != coords.batch_size:
+                raise ValueError(f"batch_size {batch_size} differs from the geometry's {coords.batch_size}; "
+                                 f"pass None to use the geometry's")
+            return coords
+        if spatial_shape is None or batch_size is None:
+            raise ValueError("with a coords tensor, spatial_shape (h, w) and batch_size are required "
+                             "(or pass a SparseGeometry instead of the tensor)")
+        return cls(coords, spatial_shape, batch_size)
+
+    # ---- properties --------------------------------------------------------------------------------------------
+    @property
+    def num_sites(self) -> int:
+        return int(self.coords.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_sites
+
+    @property
+    def device(self) -> torch.device:
+        return self.coords.device
+
+    def to(self, device: torch.device | str) -> "SparseGeometry":
+        """The same sites on `device` (rulebooks are rebuilt there on first use)."""
+        if torch.device(device) == self.device:
+            return self
+        return SparseGeometry._trusted(self.coords.to(device), self.spatial_shape, self.batch_size)
+
+    def __repr__(self) -> str:
+        return (f"SparseGeometry(num_sites={self.num_sites}, spatial_shape={self.spatial_shape}, "
+                f"batch_size={self.batch_size}, device={self.device}, cached={sorted(self._cache)})")
+
+    # ---- derived structures (cached) ---------------------------------------------------------------------------
+    @staticmethod
+    def indice_key(kernel_size: int, dilation: int) -> str:
+        """The cache key of a submanifold rulebook, derived from the kernel geometry: "subm_k{k}_d{d}"."""
+        return f"subm_k{int(kernel_size)}_d{int(dilation)}"
+
+    def neighbour_table(self, kernel_size: int, dilation: int) -> torch.Tensor:
+        """int64 (N, k*k) neighbour rows, N for missing neighbours (see `rulebook.neighbour_table`); cached."""
+        key = ("torch", self.indice_key(kernel_size, dilation))
+        if key not in self._cache:
+            self._cache[key] = rulebook.neighbour_table(
+                self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation
+            )
+        return self._cache[key]
+
+    def spconv_rulebook(self, kernel_size: int, dilation: int):
+        """spconv's indice data for a submanifold conv (see `rulebook.spconv_rulebook`); cached."""
+        key = ("spconv", self.indice_key(kernel_size, dilation))
+        if key not in self._cache:
+            self._cache[key] = rulebook.spconv_rulebook(
+                self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation
+            )
+        return self._cache[key]
+
+    def to_spconv_tensor(self, feats: torch.Tensor):
+        """A `spconv.pytorch.SparseConvTensor` of `feats` (N, C) on these sites.
+
+        Its `indice_dict` holds the spconv rulebooks built so far under `indice_key(k, d)`, so a spconv
+        `SubMConv2d(..., indice_key=SparseGeometry.indice_key(k, d))` with the device's algorithm reuses them.
+        """
+        api = backend.spconv_api()
+        indice_dict = {key[1]: data for key, data in self._cache.items() if key[0] == "spconv"}
+        return api.spconv.SparseConvTensor(
+            feats, self.coords, list(self.spatial_shape), self.batch_size, indice_dict=indice_dict
+        )
+
+
+def level_geometries(tree) -> list[SparseGeometry]:
+    """One `SparseGeometry` per level of a `quadtree.Quadtree` (build once per tree, pass to every op of a level)."""
+    return [SparseGeometry.from_quadtree(tree, level) for level in range(tree.depth + 1)]
+
+
+def check_spatial_shape(spatial_shape) -> tuple[int, int]:
+    try:
+        shape = tuple(int(s) for s in spatial_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"spatial_shape must be (h, w), got {spatial_shape!r}") from None
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"spatial_shape must be two positive integers (h, w), got {spatial_shape!r}")
+    return shape
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, torch.Tensor) and batch_size.numel() == 1 and not batch_size.is_floating_point():
+            return check_batch_size(int(batch_size))
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def check_in_grid(coords: torch.Tensor, shape: tuple[int, int], batch_size: int) -> None:
+    """Raise ValueError unless every (batch, y, x) row of int32 `coords` lies inside the (batch_size, h, w) grid."""
+    if coords.shape[0] == 0:
+        return
+    high = (batch_size, *shape)
+    if coords.device.type == "cpu":
+        # numpy: single-threaded, so a few ms even when other jobs occupy the cores (torch's parallel kernels
+        # can stall for 100+ ms on a contended 2-core machine)
+        array = coords.numpy()
+        inside = array.min() >= 0 and all(array[:, i].max() < high[i] for i in range(3))
+    else:
+        inside = bool(((coords >= 0) & (coords < torch.tensor(high, dtype=torch.int32, device=coords.device))).all())
+    if not inside:
+        bad = (coords < 0) | (coords >= torch.tensor(high, dtype=torch.int32, device=coords.device))
+        row = int(bad.any(1).nonzero()[0, 0])
+        raise ValueError(
+            f"coords row {row} = {coords[row].tolist()} lies outside the grid: batch must be in 0..{batch_size - 1}, "
+            f"y in 0..{shape[0] - 1}, x in 0..{shape[1] - 1} (spatial_shape={shape}, batch_size={batch_size})"
+        )
+
+
+def _check_sites(coords: torch.Tensor, shape: tuple[int, int], batch_size: int) -> None:
+    """Raise ValueError unless every site lies inside the (batch_size, h, w) grid and no site repeats."""
+    check_in_grid(coords, shape, batch_size)
+    if coords.shape[0] < 2:
+        return
+    if coords.device.type == "cpu":
+        array = coords.numpy().astype(np.int64)
+        keys = np.sort((array[:, 0] * shape[0] + array[:, 1]) * shape[1] + array[:, 2])
+        repeats = int(np.count_nonzero(keys[1:] == keys[:-1]))
+    else:
+        keys = torch.sort((coords[:, 0].long() * shape[0] + coords[:, 1].long()) * shape[1] + coords[:, 2].long())[0]
+        repeats = int((keys[1:] == keys[:-1]).sum())
+    if repeats:
+        raise ValueError(f"coords holds duplicate sites ({repeats} repeats); each (batch, y, x) may be active once")

@@ -1,0 +1,241 @@
+"""Submanifold 2-D convolution over the active sites of a level: functional `submanifold_conv2d`, module `SubMConv2d`.
+
+Definition (what both backends compute, and what the tests check): scatter `feats` into a dense (B, C_in, h, w)
+map that is zero at inactive sites, apply `F.conv2d(dense, weight, bias, padding=dilation * (k // 2),
+dilation=dilation)`, and read the result back at the active sites only. Weights are in `F.conv2d`'s layout
+(C_out, C_in, k, k); conversions to spconv's layouts happen inside.
+
+Backends:
+- "spconv": spconv's kernels (Native on CPU, implicit GEMM on CUDA; see `backend.conv_algo`).
+- "torch": pure PyTorch, chunked im2col over a neighbour table. Its backward reuses the same table (the
+  submanifold neighbour relation is symmetric), so it saves only the inputs, not the gathered columns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from sparse_ops import backend as _backend
+from sparse_ops.geometry import SparseGeometry
+
+_CHUNK_ELEMENTS = 1 << 22
+"""Elements of one gathered im2col block of the torch backend (16 MB in float32)."""
+
+
+def submanifold_conv2d(
+    feats: torch.Tensor,
+    coords: torch.Tensor | SparseGeometry,
+    spatial_shape: tuple[int, int] | None,
+    batch_size: int | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dilation: int = 1,
+    backend: str = "spconv",
+) -> torch.Tensor:
+    """Submanifold convolution of the features of active sites (see the module docstring for the definition).
+
+    Args:
+        feats: float (N, C_in), one row per active site.
+        coords: int (N, 3) (batch, y, x) tensor - any integer dtype or layout, converted to int32 contiguous - or
+            a `SparseGeometry` of the sites. Pass the same geometry to every conv of a level: its rulebooks are
+            built once and reused. With a tensor a throwaway geometry is built (and validated) per call.
+        spatial_shape: (h, w) of the grid; may be None with a geometry.
+        batch_size: B; may be None with a geometry.
+        weight: (C_out, C_in, k, k) as for `F.conv2d`, k odd, same dtype and device as `feats`.
+        bias: (C_out,) or None.
+        dilation: positive int.
+        backend: "spconv" or "torch" (see `backend.BACKENDS`).
+    Returns:
+        (N, C_out) of `feats`' dtype, rows in the order of `coords`.
+    """
+    geometry = SparseGeometry.of(coords, spatial_shape, batch_size)
+    _check_conv_args(feats, geometry, weight, bias, dilation)
+    return _submanifold_conv2d(feats, geometry, weight, bias, dilation, _backend.resolve_backend(backend))
+
+
+def _submanifold_conv2d(feats, geometry: SparseGeometry, weight, bias, dilation: int, backend: str) -> torch.Tensor:
+    """`submanifold_conv2d` on validated arguments and a resolved backend name."""
+    k = weight.shape[-1]
+    if k == 1 or feats.shape[0] == 0:
+        # A 1x1 conv is a per-site linear map: no rulebook. An empty level takes the same path, which keeps the
+        # autograd graph connected to weight and bias (zero gradients).
+        out = feats @ weight[:, :, k // 2, k // 2].t()
+    elif backend == "spconv":
+        out = _spconv_subm(feats, geometry, weight, dilation)
+    else:
+        table = geometry.neighbour_table(k, dilation)
+        out = _TorchSubmConv.apply(feats, weight, table)
+    # in place: none of the ops above saves its output for backward, so this saves an (N, C_out) copy
+    return out if bias is None else out.add_(bias)
+
+
+_SPCONV_DTYPES = (torch.float16, torch.float32, torch.float64)
+"""Feature dtypes spconv's kernels take (bfloat16 raises a KeyError inside spconv)."""
+
+
+def _spconv_subm(feats: torch.Tensor, geometry: SparseGeometry, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    if feats.dtype not in _SPCONV_DTYPES:
+        raise ValueError(f"backend='spconv' supports {', '.join(map(str, _SPCONV_DTYPES))}, got {feats.dtype}; "
+                         f"cast the features and weights or use backend='torch'")
+    k = weight.shape[-1]
+    data = geometry.spconv_rulebook(k, dilation)
+    filters = weight.permute(0, 2, 3, 1).contiguous()  # (C_out, k, k, C_in): spconv's KRSC layout
+    feats = feats.contiguous()
+    n = geometry.num_sites
+    api = _backend.spconv_api()
+    if data.algo == api.ConvAlgo.Native:
+        return api.functional.indice_subm_conv(
+            feats, filters, data.indice_pairs, data.indice_pair_num, n, data.algo
+        )
+    return api.functional.implicit_gemm(
+        feats, filters, data.pair_fwd, data.pair_bwd, data.pair_mask_fwd_splits, data.pair_mask_bwd_splits,
+        data.mask_argsort_fwd_splits, data.mask_argsort_bwd_splits, n, data.masks, True, True,
+    )
+
+
+def _gather_columns(feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(n, kk * C) im2col block: feats[rows[i, t]] side by side, zeros where rows[i, t] == N (missing neighbour).
+
+    Gathers with the sentinel clamped and then zeroes those entries, instead of copying feats with a zero row
+    appended (which would cost a full (N, C) copy per call).
+    """
+    n, c = feats.shape
+    cols = feats[rows.clamp(max=n - 1)]  # (n_rows, kk, C)
+    cols.masked_fill_((rows == n).unsqueeze(-1), 0)
+    return cols.reshape(rows.shape[0], rows.shape[1] * c)
+
+
+def _chunk_rows(table: torch.Tensor, channels: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // (table.shape[1] * channels))
+
+
+def _im2col_matmul(feats: torch.Tensor, table: torch.Tensor, wmat: torch.Tensor) -> torch.Tensor:
+    """out[i] = concat_t(feats[table[i, t]] or 0) @ wmat, in row chunks. feats (N, C), wmat (kk * C, C_out)."""
+    out = feats.new_empty(feats.shape[0], wmat.shape[1])
+    step = _chunk_rows(table, feats.shape[1])
+    for start in range(0, feats.shape[0], step):
+        torch.mm(_gather_columns(feats, table[start:start + step]), wmat, out=out[start:start + step])
+    return out
+
+
+def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, k, k) -> (k*k*C_in, C_out), rows ordered (tap, c_in) like the gathered columns."""
+    c_out, c_in, k, _ = weight.shape
+    return weight.permute(2, 3, 1, 0).reshape(k * k * c_in, c_out)
+
+
+class _TorchSubmConv(torch.autograd.Function):
+    """Pure-PyTorch submanifold conv. Backward: the input gradient is the same conv with the weight flipped and
+    transposed over the same table (neighbour relation symmetric); the weight gradient re-gathers per chunk."""
+
+    @staticmethod
+    def forward(ctx, feats, weight, table):
+        ctx.save_for_backward(feats, weight, table)
+        return _im2col_matmul(feats, table, _weight_matrix(weight))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        feats, weight, table = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_feats = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            flipped = weight.flip(2, 3).transpose(0, 1)  # (C_in, C_out, k, k)
+            grad_feats = _im2col_matmul(grad_out, table, _weight_matrix(flipped))
+        if ctx.needs_input_grad[1]:
+            c = feats.shape[1]
+            c_out, _, k, _ = weight.shape
+            gmat = feats.new_zeros(k * k * c, c_out)
+            step = _chunk_rows(table, c)
+            for start in range(0, feats.shape[0], step):
+                gmat.addmm_(_gather_columns(feats, table[start:start + step]).t(), grad_out[start:start + step])
+            grad_weight = gmat.reshape(k, k, c, c_out).permute(3, 2, 0, 1)
+        return grad_feats, grad_weight, None
+
+
+def _check_conv_args(feats, geometry: SparseGeometry, weight, bias, dilation) -> None:
+    """Raise ValueError with the expected shapes when the arguments of a submanifold conv do not fit."""
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or not feats.is_floating_point():
+        raise ValueError(f"feats must be a float tensor (N, C_in), got "
+                         f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}"
+                         f"{'' if not isinstance(feats, torch.Tensor) else ' ' + str(feats.dtype)}")
+    if feats.shape[0] != geometry.num_sites:
+        raise ValueError(f"feats has {feats.shape[0]} rows but there are {geometry.num_sites} active sites; "
+                         f"pass one feature row per coords row")
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        raise ValueError(f"weight must be (C_out, C_in, k, k) as for F.conv2d, got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    c_out, c_in, kh, kw = weight.shape
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"the kernel must be square with an odd size k (1, 3, 5, ...), got {kh}x{kw}; "
+                         f"a submanifold conv with an even kernel has no centre tap")
+    if c_in != feats.shape[1]:
+        raise ValueError(f"weight expects C_in={c_in} input channels (weight shape {tuple(weight.shape)} is "
+                         f"(C_out, C_in, k, k)) but feats has {feats.shape[1]}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (c_out,)):
+        raise ValueError(f"bias must be None or of shape ({c_out},), got "
+                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is None:
+            continue
+        if tensor.dtype != feats.dtype:
+            raise ValueError(f"{name} has dtype {tensor.dtype} but feats has {feats.dtype}; cast one of them")
+        if tensor.device != feats.device:
+            raise ValueError(f"{name} is on {tensor.device} but feats on {feats.device}")
+    if geometry.device != feats.device:
+        raise ValueError(f"coords are on {geometry.device} but feats on {feats.device}; use geometry.to(device)")
+
+
+class SubMConv2d(nn.Module):
+    """Submanifold 2-D convolution module; the weight is stored in `F.conv2d`'s layout.
+
+    Args:
+        in_channels, out_channels: C_in, C_out.
+        kernel_size: odd k.
+        dilation: positive int.
+        bias: learn a (C_out,) bias.
+        backend: "spconv" or "torch".
+    Shape:
+        forward(feats (N, C_in), geometry: SparseGeometry) -> (N, C_out).
+    Attributes:
+        weight: (C_out, C_in, k, k), initialised like `nn.Conv2d`'s.
+        bias: (C_out,) or None.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
+                 bias: bool = True, backend: str = "spconv"):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive (1, 3, 5, ...), got {kernel_size}")
+        if dilation < 1:
+            raise ValueError(f"dilation must be a positive int, got {dilation}")
+        _backend.check_backend_name(backend)  # fail early on an unknown name (spconv is imported on first use)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.dilation, self.backend = kernel_size, dilation, backend
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The initialisation of `nn.Conv2d` (Kaiming-uniform weight, uniform bias in +-1/sqrt(fan_in))."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size * self.kernel_size
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, feats: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
+        if not isinstance(geometry, SparseGeometry):
+            raise ValueError("SubMConv2d.forward needs a SparseGeometry (e.g. SparseGeometry(coords, (h, w), B) "
+                             "or SparseGeometry.from_quadtree(tree, level)), built once per level")
+        return submanifold_conv2d(feats, geometry, None, None, self.weight, self.bias, self.dilation, self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"dilation={self.dilation}, bias={self.bias is not None}, backend={self.backend!r}")
