@@ -37,25 +37,49 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=True)
 
 
+STEM_HALO = 3
+"""Stride-4 rows of context the stem needs on each side: its three 3x3 convs each read one row further."""
+
+
 class ResNetEncoder(nn.Module):
     """Stem at stride 4 (pixel_unshuffle(4) + conv), then one stride-2 stage per further level.
+
+    Without autograd (inference) the stem runs over horizontal stripes of `stem_tile_rows` stride-4 rows (plus
+    a halo of STEM_HALO rows) written into one output map: the same result as running it whole (BatchNorm uses
+    running statistics there), without the full-size intermediates of its convolutions - at 1024x2048 these
+    set the inference memory peak.
 
     Shape:
         forward(images (B, C_in, H, W)) -> list of (B, channels[i], H / 2**(i+2), W / 2**(i+2)) for the strides
         4 .. 2**depth; H and W must be multiples of 2**depth.
     """
 
-    def __init__(self, in_channels: int, channels: tuple[int, ...]):
+    def __init__(self, in_channels: int, channels: tuple[int, ...], stem_tile_rows: int = 64):
         super().__init__()
         self.channels = tuple(channels)
+        self.stem_tile_rows = stem_tile_rows
         self.stem = nn.Sequential(conv_bn_relu(in_channels * 16, channels[0]), BasicBlock(channels[0], channels[0]))
         self.stages = nn.ModuleList(
             nn.Sequential(BasicBlock(c_in, c_out, stride=2), BasicBlock(c_out, c_out))
             for c_in, c_out in zip(channels[:-1], channels[1:])
         )
 
+    def run_stem(self, images: torch.Tensor) -> torch.Tensor:
+        rows = images.shape[2] // 4
+        if self.training or torch.is_grad_enabled() or rows <= self.stem_tile_rows + 2 * STEM_HALO:
+            return self.stem(F.pixel_unshuffle(images, 4))
+        out = None
+        for start in range(0, rows, self.stem_tile_rows):
+            stop = min(start + self.stem_tile_rows, rows)
+            low, high = max(start - STEM_HALO, 0), min(stop + STEM_HALO, rows)
+            piece = self.stem(F.pixel_unshuffle(images[:, :, 4 * low:4 * high], 4))
+            if out is None:
+                out = piece.new_empty(piece.shape[0], piece.shape[1], rows, piece.shape[3])
+            out[:, :, start:stop] = piece[:, :, start - low:stop - low]
+        return out
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(F.pixel_unshuffle(images, 4))
+        x = self.run_stem(images)
         features = [x]
         for stage in self.stages:
             x = stage(x)

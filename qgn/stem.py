@@ -1,7 +1,8 @@
 """Pixel features at the fine levels (strides 1 and 2) that the encoder does not produce.
 
 `PixelStem` is a k x k convolution of the (average-pooled) image, evaluated only at a level's nodes: it reads
-the k x k patch of pixels around each node (`gather_patches`) and applies one matmul. Its weight has the
+the k x k patch of (pooled) pixels around each node straight from the image (`gather_patches`) and applies one
+matmul. Its weight has the
 `F.conv2d` layout, so the dense twin is `F.conv2d(pooled_image, weight, bias, padding=k // 2)`.
 """
 
@@ -14,20 +15,33 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def gather_patches(image: torch.Tensor, coords: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
-    """The k x k neighbourhood of each node, zero outside the image.
+def gather_patches(images: torch.Tensor, coords: torch.Tensor, kernel_size: int = 3, stride: int = 1) -> torch.Tensor:
+    """The k x k neighbourhood of each node in the image average-pooled to `stride`, zero outside the image.
+
+    Reads only the pixels it needs (k * k * stride**2 per node and channel): neither the pooled image nor a
+    padded copy is built.
 
     Args:
-        image: float (B, C, h, w) at the level's resolution.
-        coords: int (N, 3) (batch, y, x) in the same grid.
+        images: float (B, C, H, W), H and W multiples of `stride`.
+        coords: int (N, 3) (batch, y, x) in the grid of stride `stride`.
     Returns:
-        (N, C * k * k), columns in (c, ky, kx) order - as `F.unfold` and `weight.flatten(1)` of a conv.
+        (N, C * k * k), columns in (c, ky, kx) order - as `F.unfold(F.avg_pool2d(images, stride), k, padding=k // 2)`
+        read at the nodes, and as `weight.flatten(1)` of a conv.
     """
-    pad = kernel_size // 2
-    padded = F.pad(image, (pad, pad, pad, pad))
+    batch, channels, height, width = images.shape
+    n = coords.shape[0]
     b, y, x = coords.long().unbind(1)
-    taps = [padded[b, :, y + dy, x + dx] for dy in range(kernel_size) for dx in range(kernel_size)]  # k*k x (N, C)
-    return torch.stack(taps, 2).reshape(coords.shape[0], image.shape[1] * kernel_size ** 2)  # (N, C, k*k) -> (N, C*k*k)
+    taps = torch.arange(kernel_size, device=images.device) - kernel_size // 2
+    ty, tx = y[:, None] + taps, x[:, None] + taps  # (N, k): rows and columns in the pooled grid
+    valid = ((ty >= 0) & (ty < height // stride))[:, :, None] & ((tx >= 0) & (tx < width // stride))[:, None, :]
+    sub = torch.arange(stride, device=images.device)
+    rows = (ty.clamp(0, height // stride - 1)[:, :, None] * stride + sub)  # (N, k, s) pixel rows
+    cols = (tx.clamp(0, width // stride - 1)[:, :, None] * stride + sub)  # (N, k, s) pixel columns
+    # Advanced indices around a slice: the indexed dims come first -> (N, k, s, k, s, C).
+    pixels = images[b[:, None, None, None, None], :, rows[:, :, :, None, None], cols[:, None, None, :, :]]
+    pooled = pixels.mean(dim=(2, 4)) if stride > 1 else pixels[:, :, 0, :, 0]  # (N, k, k, C)
+    pooled = pooled * valid[..., None]
+    return pooled.permute(0, 3, 1, 2).reshape(n, channels * kernel_size ** 2)
 
 
 class PixelStem(nn.Module):
@@ -50,7 +64,7 @@ class PixelStem(nn.Module):
         return images if self.stride == 1 else F.avg_pool2d(images, self.stride)
 
     def forward(self, images: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        patches = gather_patches(self.pooled(images), coords, self.kernel_size)
+        patches = gather_patches(images, coords, self.kernel_size, self.stride)
         return torch.addmm(self.bias, patches, self.weight.flatten(1).t())
 
     def forward_dense(self, images: torch.Tensor) -> torch.Tensor:

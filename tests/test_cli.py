@@ -136,3 +136,10 @@ def test_infer_writes_labels_tree_and_overlay(tmp_path, tiny_checkpoint, capsys)
     assert "in_channels" in capsys.readouterr().err
     assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(tiny_checkpoint), "--budget", "0",
                  "--out", str(tmp_path / "o3")]) == 2
+
+
+def test_bench_passes_its_arguments_to_the_benchmark_script(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out

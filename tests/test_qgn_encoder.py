@@ -25,3 +25,20 @@ def test_pretrained_efficientnet_lite0_loads_the_shipped_imagenet_weights():
     assert [f.shape[-1] for f in features] == [16, 8, 4, 2] and model.encoder.channels == (24, 40, 112, 320)
     with pytest.raises(ValueError, match="3-channel"):
         QGN(QGNConfig(encoder="efficientnet_lite0", in_channels=1))
+
+
+def test_tiled_stem_in_inference_equals_the_whole_stem():
+    torch.manual_seed(0)
+    encoder = ResNetEncoder(3, (8, 12, 16, 20)).double()
+    for module in encoder.modules():  # non-trivial running statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    encoder.eval()
+    images = torch.randn(1, 3, 4 * 45, 64, dtype=torch.float64)  # 45 stride-4 rows: tiles of 8 leave a remainder
+    whole = encoder(images)
+    encoder.stem_tile_rows = 8
+    with torch.no_grad():
+        tiled = encoder(images)
+    for a, b in zip(whole, tiled):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-12)

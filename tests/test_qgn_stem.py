@@ -4,13 +4,16 @@ import torch.nn.functional as F
 from qgn.stem import PixelStem, gather_patches
 
 
-def test_gather_patches_equals_unfold_at_the_nodes():
-    image = torch.randn(2, 3, 7, 9, dtype=torch.float64)
-    coords = torch.tensor([[0, 0, 0], [1, 6, 8], [0, 3, 4], [1, 0, 8]], dtype=torch.int32)
-    for k in (1, 3, 5):
-        unfolded = F.unfold(image, k, padding=k // 2).view(2, 3 * k * k, 7, 9)  # (B, C*k*k, H, W)
-        expected = unfolded[coords[:, 0].long(), :, coords[:, 1].long(), coords[:, 2].long()]
-        torch.testing.assert_close(gather_patches(image, coords, k), expected)
+def test_gather_patches_equals_unfold_of_the_pooled_image_at_the_nodes():
+    image = torch.randn(2, 3, 14, 18, dtype=torch.float64)
+    for stride in (1, 2):
+        pooled = F.avg_pool2d(image, stride)
+        h, w = pooled.shape[2:]
+        coords = torch.tensor([[0, 0, 0], [1, h - 1, w - 1], [0, 3, 4], [1, 0, w - 1]], dtype=torch.int32)
+        for k in (1, 3, 5):
+            unfolded = F.unfold(pooled, k, padding=k // 2).view(2, 3 * k * k, h, w)  # (B, C*k*k, h, w)
+            expected = unfolded[coords[:, 0].long(), :, coords[:, 1].long(), coords[:, 2].long()]
+            torch.testing.assert_close(gather_patches(image, coords, k, stride), expected)
     assert gather_patches(image, torch.zeros(0, 3, dtype=torch.int32)).shape == (0, 27)
 
 

@@ -182,6 +182,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {report.resolve()}")
 
 
+BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_qgn.py"
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Run benchmarks/bench_qgn.py (QGN vs its dense twin vs smp Unet) with the remaining arguments."""
+    import runpy
+
+    if not BENCH_SCRIPT.is_file():
+        raise FileNotFoundError(f"{BENCH_SCRIPT} not found: `qgn bench` runs the benchmark suite of a source "
+                                f"checkout (pip install -e .)")
+    code = runpy.run_path(str(BENCH_SCRIPT), run_name="qgn_bench")["main"](args.bench_args)
+    if code:
+        raise SystemExit(code)
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -266,11 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", metavar="DIR")
     demo.add_argument("--steps", type=int, help="training steps per model (default 250)")
     demo.set_defaults(run=cmd_demo)
+
+    bench = commands.add_parser("bench", help="cost of QGN vs its dense twin vs smp Unet (benchmarks/bench_qgn.py)",
+                                add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of bench_qgn.py (--help lists them)")
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every further argument (--help too) belongs to the benchmark script
+        args = argparse.Namespace(command="bench", run=cmd_bench, bench_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
