@@ -95,3 +95,17 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown QGNConfig fields"):
         QGNConfig.from_dict({"num_class": 3})
     assert QGNConfig.from_dict(QGNConfig().as_dict()) == QGNConfig()
+
+
+@pytest.mark.cuda
+def test_cuda_forward_and_predict_match_cpu():
+    torch.manual_seed(0)
+    model = QGN(small_config()).eval()
+    images = torch.randn(2, 3, 32, 32)
+    tree = full_tree(2, 32, 3)
+    cpu = model(images, tree).level_logits
+    gpu = model.cuda()(images.cuda(), tree.to("cuda")).level_logits
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-4)
+    prediction = model.predict(images.cuda(), oracle_tree=tree.to("cuda"))
+    assert prediction.labels.device.type == "cuda" and prediction.labels.shape == (2, 32, 32)
