@@ -2,10 +2,12 @@
 projection, dense <-> node transfers, node selection, batch norm over nodes, and a residual block.
 
 Features of a level are (N, C), one row per node; a `SparseGeometry` holds the nodes' (batch, y, x) coords on
-the level grid and caches the rulebooks derived from them, so build one per level and pass it to every op.
+the level grid and caches the rulebooks derived from them, so build one per level (`level_geometries(tree)`)
+and pass it to every op of that level.
 """
 
-from sparse_ops.backend import BACKENDS, as_int32_coords, check_backend_name, conv_algo, resolve_backend, spconv_available
+from sparse_ops.backend import (BACKENDS, as_int32_coords, check_backend_name, conv_algo, resolve_backend,
+                                spconv_available)
 from sparse_ops.batchnorm import NodeBatchNorm, node_batch_norm
 from sparse_ops.blocks import SubMResBlock
 from sparse_ops.expand import CHILD_OFFSETS, ExpandChildren, child_coords, expand_children
@@ -17,9 +19,13 @@ from sparse_ops.select import Selection, select_nodes
 from sparse_ops.submanifold import SubMConv2d, submanifold_conv2d
 
 __all__ = [
-    "BACKENDS", "CHILD_OFFSETS", "MODES", "ExpandChildren", "NodeBatchNorm", "Selection",
-    "SparseGeometry", "SubMConv2d", "SubMResBlock", "as_int32_coords", "check_backend_name", "child_coords", "conv_algo",
-    "dense_expand_children", "dense_submanifold_conv2d",
-    "expand_children", "gather_dense", "kernel_offsets", "level_geometries", "neighbour_table", "node_batch_norm", "resolve_backend",
-    "scatter_dense", "select_nodes", "spconv_available", "spconv_rulebook", "submanifold_conv2d",
+    # geometry and backends
+    "SparseGeometry", "level_geometries", "BACKENDS", "resolve_backend", "check_backend_name", "spconv_available",
+    "conv_algo", "as_int32_coords", "kernel_offsets", "neighbour_table", "spconv_rulebook",
+    # ops and modules
+    "submanifold_conv2d", "SubMConv2d", "expand_children", "ExpandChildren", "child_coords", "CHILD_OFFSETS",
+    "gather_dense", "scatter_dense", "MODES", "select_nodes", "Selection", "node_batch_norm", "NodeBatchNorm",
+    "SubMResBlock",
+    # dense references
+    "dense_submanifold_conv2d", "dense_expand_children",
 ]

@@ -13,19 +13,16 @@ import math
 import torch
 from torch import nn
 
+import quadtree
+from quadtree import CHILD_OFFSETS  # noqa: F401  (re-exported: the (dy, dx) order of the children)
 from sparse_ops import backend as _backend
 from sparse_ops.geometry import SparseGeometry
 
-CHILD_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
-"""(dy, dx) of the four children of a parent, in their storage order."""
-
 
 def child_coords(coords: torch.Tensor) -> torch.Tensor:
-    """int32 (4N, 3): (batch, 2y + dy, 2x + dx) of the children of each (batch, y, x) row of `coords` (N, 3)."""
-    coords = _backend.as_int32_coords(coords)
-    offsets = torch.tensor([(0, dy, dx) for dy, dx in CHILD_OFFSETS], dtype=torch.int32, device=coords.device)
-    scale = torch.tensor([1, 2, 2], dtype=torch.int32, device=coords.device)
-    return ((coords * scale)[:, None, :] + offsets[None]).reshape(-1, 3).contiguous()  # (N, 4, 3) -> (4N, 3)
+    """int32 (4N, 3): (batch, 2y + dy, 2x + dx) of the children of each (batch, y, x) row of `coords` (N, 3), any
+    integer dtype or layout; the quadtree's own order (`quadtree.child_coords`, `quadtree.CHILD_OFFSETS`)."""
+    return quadtree.child_coords(_backend.as_int32_coords(coords))
 
 
 def expand_children(

@@ -38,7 +38,7 @@ def test_child_order_is_the_quadtree_order():
     expected = torch.tensor([[0, 6, 10], [0, 6, 11], [0, 7, 10], [0, 7, 11],
                              [1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.int32)
     assert torch.equal(child_coords(coords), expected)
-    assert torch.equal(torch.tensor(CHILD_OFFSETS, dtype=torch.int32), quadtree.CHILD_OFFSETS)
+    assert CHILD_OFFSETS is quadtree.CHILD_OFFSETS and CHILD_OFFSETS.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert torch.equal(child_coords(coords), quadtree.child_coords(coords))
     # child (dy, dx) of parent i is row 4i + 2dy + dx and uses weight[:, :, dy, dx]
     weight = torch.zeros(1, 4, 2, 2)

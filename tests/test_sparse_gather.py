@@ -109,4 +109,5 @@ def test_cuda_matches_cpu(mode):
     expected = gather_dense(dense, coords, (32, 32), mode)
     torch.testing.assert_close(gather_dense(dense.cuda(), coords.cuda(), (32, 32), mode).cpu(), expected)
     feats = torch.randn(coords.shape[0], 3)
-    assert torch.equal(scatter_dense(feats.cuda(), coords.cuda(), (32, 32), 2).cpu(), scatter_dense(feats, coords, (32, 32), 2))
+    on_cuda = scatter_dense(feats.cuda(), coords.cuda(), (32, 32), 2)
+    assert torch.equal(on_cuda.cpu(), scatter_dense(feats, coords, (32, 32), 2))

@@ -39,16 +39,17 @@ def test_spconv_pairs_describe_the_same_neighbours(k, dilation):
     data = spconv_rulebook(coords, (11, 8), 2, k, dilation)
     assert data.algo == backend.spconv_api().ConvAlgo.Native and data.is_subm
     kk = k * k
-    pairs = set()
+    pairs = set()  # (output row, tap, input row)
     for t in range(kk):
-        # spconv stores the first half of the taps; the second half is their mirror (subm symmetry)
-        count = int(data.indice_pair_num[t if t <= kk // 2 else kk - 1 - t])
         if t == kk // 2:
-            continue
-        src = data.indice_pairs[0, t, :count].tolist()
-        dst = data.indice_pairs[1, t, :count].tolist()
-        if t > kk // 2:
-            src, dst = data.indice_pairs[1, kk - 1 - t, :count].tolist(), data.indice_pairs[0, kk - 1 - t, :count].tolist()
+            continue  # the centre tap is the identity pairing, applied without pairs
+        # spconv stores pairs for the first half of the taps; tap t > centre is the mirror of tap kk - 1 - t
+        mirror = t > kk // 2
+        stored = kk - 1 - t if mirror else t
+        count = int(data.indice_pair_num[stored])
+        first = data.indice_pairs[0, stored, :count].tolist()
+        second = data.indice_pairs[1, stored, :count].tolist()
+        src, dst = (second, first) if mirror else (first, second)
         pairs |= {(d, t, s) for s, d in zip(src, dst)}
     n = coords.shape[0]
     expected = {(i, t, int(table[i, t])) for i in range(n) for t in range(kk) if t != kk // 2 and table[i, t] < n}
