@@ -330,6 +330,17 @@ def cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return [(image_keys[key], mask_keys[key]) for key in sorted(image_keys)]
 
 
+def _paired_folder_files(image_dir: Path, mask_dir: Path, layout: str, name: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs matched by file stem from two folders; ValueError when a folder is missing or empty."""
+    _require_dir(image_dir, layout)
+    _require_dir(mask_dir, layout)
+    images = _list_files(image_dir, IMAGE_SUFFIXES)
+    masks = _list_files(mask_dir, (".png",))
+    if not images and not masks:
+        raise ValueError(f"no {name} images found in {image_dir}; expected layout: {layout}")
+    return _pair_by_stem(images, masks, layout)
+
+
 def ade20k_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     """(image, annotation) pairs of ADE20K (SceneParsing, ADEChallengeData2016) `split`."""
     root = Path(root)
@@ -337,13 +348,7 @@ def ade20k_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
         root = root / "ADEChallengeData2016"
     folder = {"train": "training", "val": "validation", "test": "validation"}[split]
     layout = f"{root}/images/{folder}/<name>.jpg with {root}/annotations/{folder}/<name>.png"
-    _require_dir(root / "images" / folder, layout)
-    _require_dir(root / "annotations" / folder, layout)
-    images = _list_files(root / "images" / folder, IMAGE_SUFFIXES)
-    masks = _list_files(root / "annotations" / folder, (".png",))
-    if not images and not masks:
-        raise ValueError(f"no ADE20K images found in {root / 'images' / folder}; expected layout: {layout}")
-    return _pair_by_stem(images, masks, layout)
+    return _paired_folder_files(root / "images" / folder, root / "annotations" / folder, layout, "ADE20K")
 
 
 def sunrgbd_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -351,13 +356,7 @@ def sunrgbd_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     root = Path(root)
     folder = {"train": "train", "val": "test", "test": "test"}[split]
     layout = f"{root}/image/{folder}/<name>.<jpg|png> with {root}/label37/{folder}/<name>.png"
-    _require_dir(root / "image" / folder, layout)
-    _require_dir(root / "label37" / folder, layout)
-    images = _list_files(root / "image" / folder, IMAGE_SUFFIXES)
-    masks = _list_files(root / "label37" / folder, (".png",))
-    if not images and not masks:
-        raise ValueError(f"no SUN-RGBD images found in {root / 'image' / folder}; expected layout: {layout}")
-    return _pair_by_stem(images, masks, layout)
+    return _paired_folder_files(root / "image" / folder, root / "label37" / folder, layout, "SUN-RGBD")
 
 
 # ---- specs -> data sets --------------------------------------------------------------------------------------

@@ -294,32 +294,33 @@ def paint_blob(label, cy, cx, radius, roughness, value, rng, harmonics: int = 24
     label[window][inside] = value
 
 
-def paint_stripes(label, cy, cx, half_length, half_width, angle, period, duty, value) -> None:
-    """Fill parallel bands (period `period`, fraction `duty` filled) inside a rotated rectangle."""
-    r = np.hypot(half_length, half_width)
-    box = _box(label, cy - r, cy + r, cx - r, cx + r)
+def _rotated_frame(label, cy, cx, radius, angle):
+    """(window, u, v): the pixels within `radius` of (cy, cx) in a frame rotated by `angle` (u along it), or None."""
+    box = _box(label, cy - radius, cy + radius, cx - radius, cx + radius)
     if box is None:
-        return
+        return None
     window, ys, xs = box
     dy, dx = ys - cy, xs - cx
     c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-    u = dx * c + dy * s
-    v = dy * c - dx * s
+    return window, dx * c + dy * s, dy * c - dx * s
+
+
+def paint_stripes(label, cy, cx, half_length, half_width, angle, period, duty, value) -> None:
+    """Fill parallel bands (period `period`, fraction `duty` filled) inside a rotated rectangle."""
+    frame = _rotated_frame(label, cy, cx, np.hypot(half_length, half_width), angle)
+    if frame is None:
+        return
+    window, u, v = frame
     inside = (np.abs(u) <= half_length) & (np.abs(v) <= half_width) & (np.mod(v, np.float32(period)) < period * duty)
     label[window][inside] = value
 
 
 def paint_curve(label, cy, cx, half_length, angle, width, amplitude, wavelength, phase, value) -> None:
     """Fill a thin wavy (or, with amplitude 0, straight) line of `width` pixels: vessels, wires, poles."""
-    r = half_length + amplitude + width
-    box = _box(label, cy - r, cy + r, cx - r, cx + r)
-    if box is None:
+    frame = _rotated_frame(label, cy, cx, half_length + amplitude + width, angle)
+    if frame is None:
         return
-    window, ys, xs = box
-    dy, dx = ys - cy, xs - cx
-    c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-    u = dx * c + dy * s
-    v = dy * c - dx * s
+    window, u, v = frame
     offset = np.float32(amplitude) * np.sin(u * np.float32(2 * np.pi / wavelength) + np.float32(phase))
     inside = (np.abs(v - offset) <= width / 2) & (np.abs(u) <= half_length)
     label[window][inside] = value
