@@ -9,9 +9,13 @@ Methods (each case runs in a fresh subprocess, torch threads = --threads):
 - torch:          sparse_ops.SubMConv2d(backend="torch"), geometry (neighbour table) built in every call.
 - dense:          nn.Conv2d(64, 64, 3, padding=1) on the whole (1, 64, H, W) map (independent of the sites).
 
-Timings: median over --repeats after one warm-up; "fwd" under torch.no_grad(), "fwd+bwd" = forward with autograd
-plus backward of a fixed random output gradient (gradients for input, weight and bias). Memory: growth of the
-process's peak RSS (ru_maxrss) over its value once inputs, weights and output gradient exist ("extra MB").
+Timings: --rounds passes over all cases (interleaved, odd passes reversed), --repeats timed calls per case and
+pass after one warm-up; medians (and minima) of the pooled calls. "fwd" runs under torch.no_grad(), "fwd+bwd" =
+forward with autograd plus backward of a fixed random output gradient (gradients for input, weight and bias).
+Process CPU time is recorded too (with --threads 1 it hardly depends on other jobs). Memory: growth of the
+process's peak RSS (ru_maxrss) over its value once inputs, weights and output gradient exist ("extra MB"); the
+libraries are warmed up on a tiny input before that. "background cores" = CPU used by other processes during a
+case (the development machine is shared; --wait-quiet waits for it to drop before each case).
 
 Sites: "band" = the pixels nearest to the region boundaries of a smooth random label mask (argmax of a few
 Gaussian-blurred noise fields, i.e. blobby regions with curved boundaries; distance from scipy's
@@ -19,8 +23,8 @@ distance_transform_edt, ties broken at random) - what a quadtree level activates
 Each fraction takes exactly round(fraction * H * W) sites.
 
 Example:
-    python benchmarks/bench_sparse_ops.py --sizes 512x512 --fractions 1,5,10,25,50,100
-    python benchmarks/bench_sparse_ops.py --sizes 1024x2048 --fractions 10 --patterns band
+    python benchmarks/bench_sparse_ops.py --sizes 512x512 --fractions 1,5,10,25,50,100 --wait-quiet 300
+    python benchmarks/bench_sparse_ops.py --sizes 1024x2048 --fractions 10 --patterns band --rounds 3
 """
 
 from __future__ import annotations
@@ -292,8 +296,9 @@ def overhead_lines(records: list[dict]) -> list[str]:
             f"- {size} {pattern} {fraction * 100:g}% {method}: / spconv direct = "
             f"{r['fwd_ms'] / direct['fwd_ms']:.3f} ({r['fwd_ms_min'] / direct['fwd_ms_min']:.3f}) fwd, "
             f"{r['fwdbwd_ms'] / direct['fwdbwd_ms']:.3f} ({r['fwdbwd_ms_min'] / direct['fwdbwd_ms_min']:.3f}) fwd+bwd; "
-            f"CPU time {r['fwd_cpu_ms'] / direct['fwd_cpu_ms']:.3f} fwd, {r['fwdbwd_cpu_ms'] / direct['fwdbwd_cpu_ms']:.3f} "
-            f"fwd+bwd; extra memory {r['extra_mb']:.0f} vs {direct['extra_mb']:.0f} MB"
+            f"CPU time {r['fwd_cpu_ms'] / direct['fwd_cpu_ms']:.3f} fwd, "
+            f"{r['fwdbwd_cpu_ms'] / direct['fwdbwd_cpu_ms']:.3f} fwd+bwd; "
+            f"extra memory {r['extra_mb']:.0f} vs {direct['extra_mb']:.0f} MB"
         )
     return lines
 
@@ -375,7 +380,10 @@ def main(argv=None):
                 for fraction in fractions:
                     if pattern == "random" and fraction >= 1.0:
                         continue  # 100% random = 100% band: every site
-                    sites = band_sites(labels, fraction) if pattern == "band" else random_sites((height, width), fraction)
+                    if pattern == "band":
+                        sites = band_sites(labels, fraction)
+                    else:
+                        sites = random_sites((height, width), fraction)
                     path = Path(tmp) / f"{size_str}_{pattern}_{fraction}.npy"
                     np.save(path, sites)
                     for method in methods:
@@ -389,8 +397,9 @@ def main(argv=None):
                     wait_until_quiet(0.3, args.wait_quiet)
                 result = run_in_subprocess(case, args.timeout)
                 results[key].append(result)
-                print(f"round {round_index + 1}: {' '.join(map(str, key))}: fwd {statistics.median(result['fwd_ms_all']):.1f}"
-                      f" ms, fwd+bwd {statistics.median(result['fwdbwd_ms_all']):.1f} ms, +{result['extra_mb']:.0f} MB, "
+                fwd, fwdbwd = statistics.median(result["fwd_ms_all"]), statistics.median(result["fwdbwd_ms_all"])
+                print(f"round {round_index + 1}: {' '.join(map(str, key))}: fwd {fwd:.1f} ms, fwd+bwd {fwdbwd:.1f} ms, "
+                      f"+{result['extra_mb']:.0f} MB, "
                       f"background {result['background_cores']:.2f} cores", flush=True)
     records = [aggregate(key, rounds) for key, rounds in results.items()]
     report = [
