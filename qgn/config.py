@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 MODELS = ("qgn", "dense")
 ENCODERS = ("resnet", "efficientnet_lite0")

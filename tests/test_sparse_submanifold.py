@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import quadtree
 from sparse_ops import SparseGeometry, SubMConv2d, dense_submanifold_conv2d, submanifold_conv2d

@@ -116,8 +116,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import torch
-
     from training.config import RunConfig
     from training.datasets import build_dataset
     from training.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings

@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-import quadtree as qt
 from qgn import QGN, QGNConfig
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
@@ -123,7 +122,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise ValueError(f"{path} is not a readable checkpoint ({error})") from error
     if not isinstance(state, dict) or state.get("format") != "qgn-checkpoint":
