@@ -84,7 +84,7 @@ def main() -> None:
     print(f"{args.height}x{args.width} uint8 masks, depth {args.depth}, {args.repeats} repeats, "
           f"{args.threads} threads; ratios are to mask.copy() timed in the same run")
     print("| mask | copy ms | encode ms | decode ms (uint8) | decode ms (int64) | encode/copy | decode/copy "
-          f"| nodes per level |")
+          "| nodes per level |")
     print("|---|---|---|---|---|---|---|---|")
     for name, mask in masks.items():
         if mask is None:
