@@ -132,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-depth must be in 0..{model.config.depth} (the model's depth), got {args.max_depth}")
     settings = sweep_settings(model.config.depth, args.max_depth, thresholds=args.sweep)
     records = evaluate_settings(model, (dataset[i] for i in range(count)), settings, device,
-                                config.data.ignore_index, getattr(dataset, "class_names", None))
+                                config.data.ignore_index, getattr(dataset, "class_names", None), progress=True)
     print(format_table(records))
     if args.json:
         path = Path(args.json)

@@ -40,10 +40,10 @@ def sweep_settings(depth: int, max_depth: int | None = None, thresholds: bool = 
 
 @torch.no_grad()
 def evaluate_settings(model, samples, settings: list[Setting], device, ignore_index: int = 255,
-                      class_names=None) -> list[dict]:
+                      class_names=None, progress: bool = False) -> list[dict]:
     """Evaluate `model` at each setting over `samples`: an iterable of (image (C, H, W), mask (H, W)) pairs.
 
-    Each image is predicted alone (batch 1), so latency and memory are per image.
+    Each image is predicted alone (batch 1), so latency and memory are per image. `progress` shows a bar.
     Returns:
         one record per setting: the setting, mIoU, per-class IoU, pixel accuracy, nodes per level (mean per
         image), MACs (mean per image), median latency (ms), and peak tensor memory (MiB, max over images).
@@ -55,7 +55,9 @@ def evaluate_settings(model, samples, settings: list[Setting], device, ignore_in
     metrics = {s: ConfusionMatrix(model.config.num_classes, ignore_index, device) for s in settings}
     costs = {s: {"nodes": [], "macs": [], "ms": [], "mb": []} for s in settings}
     model.predict(samples[0][0][None].to(device))  # warm-up: one-time imports and allocations
-    for image, mask in samples:
+    from tqdm import tqdm
+
+    for image, mask in tqdm(samples, desc=f"eval ({len(settings)} settings)", unit="image", disable=not progress):
         image, mask = image[None].to(device), mask[None].to(device)
         for setting in settings:
             with peak_memory(device) as memory:
