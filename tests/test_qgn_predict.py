@@ -186,3 +186,11 @@ def test_evaluation_figures_match_an_independent_computation(masks):
         assert record["miou"] == pytest.approx(expected, abs=1e-12)
         assert record["pixel_accuracy"] == pytest.approx(float((labels == masks[0]).mean()), abs=1e-12)
     assert records[1]["miou"] == 1.0 and records[1]["peak_memory_mb"] > 0
+
+
+def test_evaluation_streams_its_samples_and_rejects_an_empty_set(masks):
+    model = stand_in(masks[:1])
+    samples = ((torch.zeros(3, 24, 32), torch.from_numpy(masks[0]).long()) for _ in range(2))  # a generator
+    assert evaluate_settings(model, samples, [Setting()], "cpu")[0]["images"] == 2
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_settings(model, [], [Setting()], "cpu")

@@ -116,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
     from training.config import RunConfig
     from training.datasets import build_dataset
     from training.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
@@ -131,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.max_depth is not None and not 0 <= args.max_depth <= model.config.depth:
         raise ValueError(f"--max-depth must be in 0..{model.config.depth} (the model's depth), got {args.max_depth}")
     settings = sweep_settings(model.config.depth, args.max_depth, thresholds=args.sweep)
-    records = evaluate_settings(model, (dataset[i] for i in range(count)), settings, device,
+    records = evaluate_settings(model, torch.utils.data.Subset(dataset, range(count)), settings, device,
                                 config.data.ignore_index, getattr(dataset, "class_names", None), progress=True)
     print(format_table(records))
     if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -41,7 +42,8 @@ def sweep_settings(depth: int, max_depth: int | None = None, thresholds: bool = 
 @torch.no_grad()
 def evaluate_settings(model, samples, settings: list[Setting], device, ignore_index: int = 255,
                       class_names=None, progress: bool = False) -> list[dict]:
-    """Evaluate `model` at each setting over `samples`: an iterable of (image (C, H, W), mask (H, W)) pairs.
+    """Evaluate `model` at each setting over `samples`: an iterable of (image (C, H, W), mask (H, W)) pairs,
+    read one at a time.
 
     Each image is predicted alone (batch 1), so latency and memory are per image. `progress` shows a bar.
     Returns:
@@ -49,15 +51,20 @@ def evaluate_settings(model, samples, settings: list[Setting], device, ignore_in
         image), MACs (mean per image), median latency (ms), and peak tensor memory (MiB, max over images).
     """
     model.eval()
-    samples = list(samples)
-    if not samples:
+    total = len(samples) if hasattr(samples, "__len__") else None
+    samples = iter(samples)  # streamed: a validation set never sits in memory whole
+    first = next(samples, None)
+    if first is None:
         raise ValueError("nothing to evaluate: the data set is empty")
     metrics = {s: ConfusionMatrix(model.config.num_classes, ignore_index, device) for s in settings}
     costs = {s: {"nodes": [], "macs": [], "ms": [], "mb": []} for s in settings}
-    model.predict(samples[0][0][None].to(device))  # warm-up: one-time imports and allocations
+    model.predict(first[0][None].to(device))  # warm-up: one-time imports and allocations
     from tqdm import tqdm
 
-    for image, mask in tqdm(samples, desc=f"eval ({len(settings)} settings)", unit="image", disable=not progress):
+    count = 0
+    for image, mask in tqdm(itertools.chain([first], samples), total=total, desc=f"eval ({len(settings)} settings)",
+                            unit="image", disable=not progress):
+        count += 1
         image, mask = image[None].to(device), mask[None].to(device)
         for setting in settings:
             with peak_memory(device) as memory:
@@ -78,7 +85,7 @@ def evaluate_settings(model, samples, settings: list[Setting], device, ignore_in
             "miou": summary["miou"], "pixel_accuracy": summary["pixel_accuracy"], "iou": summary["iou"],
             "nodes_per_level": np.mean(cost["nodes"], axis=0).tolist(),
             "macs": float(np.mean(cost["macs"])), "latency_ms": statistics.median(cost["ms"]),
-            "peak_memory_mb": max(cost["mb"]), "images": len(samples),
+            "peak_memory_mb": max(cost["mb"]), "images": count,
         })
     return records
 
