@@ -153,25 +153,24 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
         a `Prediction`.
     """
     max_depth = check_predict_args(model, images, max_depth, threshold, budget, oracle_tree)
-    model.check_images(_pad(images, model.config.depth))
     device = images.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     height, width = images.shape[2:]
     padded = _pad(images, model.config.depth)
+    model.check_images(padded)
     depth, num_classes, mixed = model.config.depth, model.config.num_classes, model.mixed_class
     rule = expansion_rule(mixed, threshold, budget, oracle_tree)
     with count_dense_conv_macs(model) as dense_macs:
         features = model.encoder(padded)
         if model.config.model == "dense":
             maps = model.forward_dense(padded, features, last_level=max_depth)
+            cells = [images.shape[0] * m.shape[2] * m.shape[3] for m in maps]  # every cell of every level computed
+            dense_total = dense_macs[0] + sum(c * level.macs_per_node() for c, level in zip(cells[1:], model.levels))
     if model.config.model == "dense" and max_depth == depth and threshold is None and budget is None:
         labels = maps[-1].argmax(1)[:, :height, :width]  # the dense baseline's own prediction
-        cells = [images.shape[0] * m.shape[2] * m.shape[3] for m in maps]
-        macs = dense_macs[0] + sum(c * level.macs_per_node() for c, level in zip(cells[1:], model.levels))
-        tree = qt.encode(labels, depth)
-        return Prediction(labels, tree, cells, macs, _elapsed(start, device))
+        return Prediction(labels, qt.encode(labels, depth), cells, dense_total, _elapsed(start, device))
 
     coords, logits, expanded, expanded_from = [], [], [], [None]
     if model.config.model == "dense":
@@ -188,9 +187,7 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
                 expanded.append(chosen)
                 expanded_from.append(chosen)
                 level_coords = qt.child_coords(level_coords[chosen])
-        cells = [batch * m.shape[2] * m.shape[3] for m in maps]
-        macs = dense_macs[0] + sum(c * level.macs_per_node() for c, level in zip(cells[1:], model.levels))
-        nodes = cells + [0] * (depth - max_depth)
+        macs, nodes = dense_total, cells + [0] * (depth - max_depth)
     else:
         with count_dense_conv_macs(model) as root_macs:  # the dense root conv and head
             outputs = model.decode_levels(

@@ -167,8 +167,9 @@ def cmd_infer(args: argparse.Namespace) -> None:
         prediction = model.predict(image[None].to(device), max_depth=args.max_depth, threshold=args.threshold,
                                    budget=args.budget)
         labels = save_label_png(prediction.labels[0], out / f"{path.stem}_labels.png")
-        tree = qt.save(prediction.tree.split()[0].to("cpu"), out / f"{path.stem}_tree.npz")
-        overlay = save_overlay(image, prediction.tree.split()[0].to("cpu"), out / f"{path.stem}_overlay.png")
+        single = prediction.tree.split()[0].to("cpu")
+        tree = qt.save(single, out / f"{path.stem}_tree.npz")
+        overlay = save_overlay(image, single, out / f"{path.stem}_overlay.png")
         nodes = "/".join(map(str, prediction.nodes_per_level))
         print(f"{path} -> {labels.name}, {tree.name}, {overlay.name} (nodes per level {nodes}, "
               f"{prediction.macs / 1e9:.2f} GMACs, {1e3 * prediction.seconds:.0f} ms)")

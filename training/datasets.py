@@ -555,15 +555,16 @@ class DataConfig:
         self.augment.crop = check_crop(self.augment.crop, self.depth)
 
 
-def datasets_from_config(cfg: DataConfig, generator: torch.Generator | None = None):
-    """(train, val) data sets of `cfg`; the training set is augmented; both are validated when cfg.validate.
+def datasets_from_config(cfg: DataConfig, generator: torch.Generator | None = None, augment: bool = True):
+    """(train, val) data sets of `cfg`; the training set is augmented (unless `augment` is False, for callers
+    that apply `cfg.augment` themselves); both are validated when cfg.validate.
 
     Raises:
         ValueError: any bad spec, crop, folder, file or label, before any training step.
     """
     train = build_dataset(cfg.dataset, "train", cfg.num_classes, ignore_index=cfg.ignore_index,
                           normalize=cfg.normalize, in_channels=cfg.in_channels,
-                          transform=Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator))
+                          transform=Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator) if augment else None)
     val = build_dataset(cfg.val_dataset or cfg.dataset, "val", cfg.num_classes, ignore_index=cfg.ignore_index,
                         normalize=cfg.normalize, in_channels=cfg.in_channels)
     if val.num_classes != train.num_classes:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from qgn import QGN, QGNConfig
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
-from training.datasets import build_dataset, validate_dataset
+from training.datasets import datasets_from_config
 from training.loss import QuadtreeLoss
 from training.metrics import ConfusionMatrix
 from training.transforms import Augment, augment
@@ -250,16 +250,10 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
 
     # Data first: every data problem surfaces before any training step.
     dcfg = config.data
-    train_base = build_dataset(dcfg.dataset, "train", dcfg.num_classes, ignore_index=dcfg.ignore_index,
-                               normalize=dcfg.normalize, in_channels=dcfg.in_channels)
-    val_set = build_dataset(dcfg.val_dataset or dcfg.dataset, "val", dcfg.num_classes, ignore_index=dcfg.ignore_index,
-                            normalize=dcfg.normalize, in_channels=dcfg.in_channels)
-    if train_base.num_classes != config.model.num_classes or val_set.num_classes != config.model.num_classes:
-        raise ValueError(f"the data has {train_base.num_classes} (train) / {val_set.num_classes} (val) classes but "
-                         f"the model {config.model.num_classes}; set --num-classes to the data's count")
-    if dcfg.validate:
-        validate_dataset(train_base)
-        validate_dataset(val_set)
+    train_base, val_set = datasets_from_config(dcfg, augment=False)  # augmented below, seeded per sample
+    if train_base.num_classes != config.model.num_classes:
+        raise ValueError(f"the data has {train_base.num_classes} classes but the model {config.model.num_classes}; "
+                         f"set --num-classes to the data's count")
     train_set = SeededAugment(train_base, Augment(dcfg.augment, dcfg.depth, dcfg.ignore_index), tcfg.seed)
     collate = QuadtreeCollate(dcfg.depth, dcfg.ignore_index)
     sampler = EpochOrder(len(train_set), tcfg.seed, rank, world_size)
