@@ -24,8 +24,9 @@ What is measured, per configuration (model x mode x image size x mask x depth), 
   CUDA: `peak_memory_mb` = `torch.cuda.max_memory_allocated()` minus the memory allocated before the work.
   Warm-up runs count as measured work (the first training step allocates AdamW's state).
 - CPU time too (`median_cpu_ms`, process time summed over all threads): less sensitive than wall time to other jobs on a
-  shared machine. Workers run with OMP_WAIT_POLICY=PASSIVE (`--omp-wait-policy`): with spinning OpenMP threads
-  a 2-thread run on a busy 2-core machine was measured up to 70x slower.
+  shared machine. Workers run in the environment a user has: the library's own OpenMP wait policy (PASSIVE unless
+  the environment sets one; `--omp-wait-policy` overrides it), `--amp` and `--tf32` as the CLI's flags
+  (`qgn.precision`), the sparse backend "auto" (`--backend` overrides it).
 
 Inputs (one image, batch 1, 19 classes, depth 5): "street" = `build_dataset("synthetic:street,1,size=HxW",
 "train")[0]` (a Cityscapes-like layout whose tree has ~32/19/10/4.7/1.7 % active cells at levels 1..5, close to
@@ -232,7 +233,7 @@ def import_smp():
     return smp
 
 
-def build_model(name: str, seed: int):
+def build_model(name: str, seed: int, backend: str = "auto"):
     import torch
 
     torch.manual_seed(seed)
@@ -244,13 +245,15 @@ def build_model(name: str, seed: int):
     from qgn.config import QGNConfig
     from qgn.model import QGN
 
-    return QGN(QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH, model=name))
+    return QGN(QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH, model=name, backend=backend))
 
 
 def run_worker(spec: dict) -> dict:
+    import quadtree as qt  # first, as users import the library: it sets the OpenMP wait policy before torch loads
+
     import torch
 
-    import quadtree as qt
+    from qgn.precision import autocast as precision_autocast, grad_scaler, set_fp32_math
     from qgn.predict import count_dense_conv_macs
     from sparse_ops import spconv_available
     from training.loss import QuadtreeLoss
@@ -260,10 +263,11 @@ def run_worker(spec: dict) -> dict:
     cuda = device.type == "cuda"
     if spec["model"] == "qgn":
         spconv_available()  # its lazy import (seconds, ~100 MB of libraries) is not part of the measured work
-    amp = bool(spec.get("amp")) and cuda
+    amp = spec.get("amp", "off")
+    set_fp32_math(bool(spec.get("tf32")))
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.float16, enabled=amp)
+        return precision_autocast(amp, device)
 
     def sync():
         if cuda:
@@ -273,7 +277,7 @@ def run_worker(spec: dict) -> dict:
     images = data["image"][None].to(device)
     masks = data["mask"][None].long().to(device)
     tree = qt.encode(masks, DEPTH)
-    model = build_model(spec["model"], spec["seed"]).to(device)
+    model = build_model(spec["model"], spec["seed"], spec.get("backend", "auto")).to(device)
     name, mode, depth = spec["model"], spec["mode"], spec["depth"]
     info: dict = {}
 
@@ -302,7 +306,7 @@ def run_worker(spec: dict) -> dict:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         criterion = QuadtreeLoss(NUM_CLASSES, DEPTH).to(device)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        scaler = grad_scaler(amp, device)
 
         def loss_of(x, m, t):
             with autocast():
@@ -385,7 +389,8 @@ def run_worker(spec: dict) -> dict:
         "macs": info["macs"], "nodes_per_level": info.get("nodes_per_level"),
         "tree_source": "oracle" if name == "qgn" else None,
         "params": sum(p.numel() for p in model.parameters()),
-        "device": str(device), "amp": amp, "threads": spec["threads"], "warmup": spec["warmup"],
+        "device": str(device), "amp": amp, "tf32": bool(spec.get("tf32")), "backend": spec.get("backend", "auto"),
+        "threads": spec["threads"], "warmup": spec["warmup"],
         "repeats": spec["repeats"], "load_avg_1min": None if load is None else round(load, 2),
         "torch": torch.__version__,
     }
@@ -440,7 +445,8 @@ def make_spec(args, model, mode, depth, mask, inp, extra=None) -> dict:
     repeats = args.repeats if args.repeats is not None else (3 if (big and (mode == "train" or model != "qgn")) else 5)
     return {"model": model, "mode": mode, "depth": depth, "mask": mask, "inputs": inp["inputs"],
             "warmup": args.warmup, "repeats": repeats, "threads": args.threads, "device": args.device,
-            "amp": args.amp, "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,
+            "amp": args.amp, "tf32": args.tf32, "backend": args.backend, "seed": args.seed,
+            "omp_wait_policy": args.omp_wait_policy,
             "extra": {**{k: inp[k] for k in ("active_fraction_per_level", "tree_nodes_per_level",
                                              "tree_mixed_per_level")}, **(extra or {})}}
 
@@ -579,8 +585,8 @@ mask (`tree_source: oracle`) - the cost of a prediction whose tree matches the l
 peak RSS growth during the measured work (warm-up included) over the RSS right before it (after imports, model
 construction, input loading and a small priming pass); "peak RSS MB" is the absolute peak. "CPU ms" is the
 median process time, summed over all threads (above the wall time when both threads work). GMACs are per image
-(forward pass; train records too). Workers run with
-OMP_WAIT_POLICY=PASSIVE. Figures from a shared 2-core machine: other jobs ran at the same time (each record holds
+(forward pass; train records too). Workers run with the library's default
+OpenMP wait policy (PASSIVE). Figures from a shared 2-core machine: other jobs ran at the same time (each record holds
 the 1-minute load average), so wall times are noisy - CPU time is the steadier comparison. Peak RSS growth also
 varies between identical runs (allocator behaviour; up to ~15% on the development machine), so a ratio close to
 its target is within noise.
@@ -790,11 +796,15 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA only)")
+    parser.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"),
+                        help="mixed precision as the CLI's --amp (qgn.precision): fp16 on CUDA, bf16 anywhere")
+    parser.add_argument("--tf32", action="store_true", help="let float32 convs and matmuls use TF32 (CUDA)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "spconv", "torch"),
+                        help="QGN's sparse conv backend (default auto: the device's measured default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", ""),
-                        help="OMP_WAIT_POLICY of the workers; PASSIVE (default) keeps idle OpenMP threads from "
-                             "spinning, which on a shared machine otherwise slows 2-thread runs by up to 70x")
+    parser.add_argument("--omp-wait-policy", default="", choices=("PASSIVE", "ACTIVE", ""),
+                        help="OMP_WAIT_POLICY of the workers (default: the environment's, else the library's "
+                             "PASSIVE)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     parser.add_argument("--json", default=str(RESULTS / "bench_qgn.json"))
     parser.add_argument("--markdown", default=str(RESULTS / "bench_qgn.md"))
@@ -825,8 +835,8 @@ def parse_args(argv):
     args.depths = [int(d) for d in args.depths.split(",")]
     if any(not 0 <= d <= DEPTH for d in args.depths):
         raise SystemExit(f"--depths must lie in 0..{DEPTH}")
-    if args.amp and args.device != "cuda":
-        print("--amp is for CUDA only; ignored on CPU", file=sys.stderr)
+    if args.amp == "fp16" and args.device != "cuda":
+        raise SystemExit("--amp fp16 needs --device cuda (CPUs have no fast float16 matmul); use --amp bf16 on CPU")
     return args
 
 

@@ -1,6 +1,9 @@
 """The QGN network: dense encoder, dense root head, sparse quadtree decoder; and its dense twin."""
 
+import quadtree  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+
 from qgn.config import QGNConfig
 from qgn.model import QGN, LevelOutput, QGNOutput
+from qgn.precision import AMP_DTYPES, autocast, fp32_math
 
-__all__ = ["QGN", "LevelOutput", "QGNConfig", "QGNOutput"]
+__all__ = ["AMP_DTYPES", "QGN", "LevelOutput", "QGNConfig", "QGNOutput", "autocast", "fp32_math"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from sparse_ops.backend import BACKENDS
+
 MODELS = ("qgn", "dense")
 ENCODERS = ("resnet", "efficientnet_lite0")
 ENCODER_WIDTHS = (32, 48, 64, 96, 128, 160, 192)  # resnet widths at strides 4, 8, 16, ...
@@ -21,7 +23,8 @@ class QGNConfig:
     encoder_channels: tuple[int, ...] = (32, 48, 64, 96)  # resnet widths at strides 4, 8, ..., 2**depth
     decoder_channels: tuple[int, ...] = (96, 64, 48, 32, 24, 16)  # widths of levels 0 (roots) .. depth
     blocks_per_level: int = 1  # residual blocks (two 3x3 submanifold convs each) per decoder level
-    backend: str = "spconv"  # sparse conv implementation: "spconv" or "torch" (pure PyTorch fallback)
+    backend: str = "auto"  # sparse convs: "auto" (measured default per device: torch on CPU, spconv on CUDA),
+    #                        "spconv" or "torch" (see sparse_ops.backend.resolve_backend)
     ignore_index: int = 255  # label of unsupervised pixels
 
     def __post_init__(self):
@@ -33,6 +36,8 @@ class QGNConfig:
         """Raise ValueError naming any inconsistent field and what to set instead."""
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid models: {', '.join(MODELS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; valid backends: {', '.join(BACKENDS)}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; valid encoders: {', '.join(ENCODERS)}")
         if not 1 <= self.num_classes <= 254:

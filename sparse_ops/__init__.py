@@ -6,6 +6,8 @@ the level grid and caches the rulebooks derived from them, so build one per leve
 and pass it to every op of that level.
 """
 
+import quadtree  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+
 from sparse_ops.backend import (BACKENDS, as_int32_coords, check_backend_name, conv_algo, resolve_backend,
                                 spconv_available)
 from sparse_ops.batchnorm import NodeBatchNorm, node_batch_norm

@@ -1,13 +1,18 @@
-"""Which implementation runs a sparse op, and the index format spconv needs.
+"""Which implementation runs a sparse op, in which precision, and the index format spconv needs.
 
-Everything that depends on spconv being importable, or on the device, is decided here and nowhere else:
+Everything that depends on spconv being importable, on the device or on autocast is decided here and nowhere else:
 
-- `spconv_available()` / `spconv_api()`: spconv (the `spconv-cu120` build; see /work/shared/notes/spconv.md),
-  imported lazily on first use (its import takes seconds) and guarded, so that the pure-PyTorch backend works
-  without it.
+- `spconv_available()` / `spconv_api()`: spconv (`spconv-cu120` below Python 3.12, `spconv-cu126` from 3.12; see
+  ../shared/notes/spconv.md), imported lazily on first use (its import takes seconds) and guarded, so that the
+  pure-PyTorch backend works without it.
 - `conv_algo(device, kernel_volume)`: the spconv algorithm for a device - `ConvAlgo.Native` on CPU (the only
   one that runs there), spconv's own default on CUDA (`MaskImplicitGemm` up to 32 kernel taps, else `Native`).
-- `resolve_backend(name)`: "spconv" or "torch"; an unknown name raises a ValueError listing the valid ones.
+- `resolve_backend(name, device, dtype)`: the implementation that runs. "auto" (the default everywhere) is the
+  measured default of the device (`DEFAULT_BACKEND`; benchmarks/bench_backends.py, README "CPU threads and
+  backends"), and "torch" on CUDA under `torch.use_deterministic_algorithms(True)`. bfloat16 features always run
+  the torch backend: spconv has no bfloat16 kernels. An unknown name raises a ValueError listing the valid ones.
+- `autocast_dtype(device)` / `autocast_inputs(device, *tensors)`: the sparse convolutions and matmuls follow
+  `torch.autocast`'s rules - float32 inputs are cast to the autocast dtype, float64 and other dtypes are kept.
 - `as_int32_coords(coords)`: coordinates as int32, row-major contiguous. spconv reads raw memory: int64 or
   column-major tensors (what `torch.nonzero` returns) give it a garbage rulebook without any error.
 """
@@ -20,8 +25,16 @@ from types import SimpleNamespace
 
 import torch
 
-BACKENDS = ("spconv", "torch")
-"""Valid `backend=` names: spconv's kernels, or the pure-PyTorch reference implementation."""
+BACKENDS = ("auto", "spconv", "torch")
+"""Valid `backend=` names: the device's measured default, spconv's kernels, or the pure-PyTorch implementation."""
+
+DEFAULT_BACKEND = {"cpu": "torch", "cuda": "spconv"}
+"""What "auto" runs on each device type, chosen from benchmarks/bench_backends.py (README "CPU threads and
+backends"): on CPU the torch backend trains and predicts faster than spconv's serial Native kernels, and needs no
+spconv import (about 4 s); on CUDA spconv's implicit GEMM is the faster one."""
+
+SPCONV_DTYPES = (torch.float16, torch.float32, torch.float64)
+"""Feature dtypes spconv's kernels take (bfloat16 raises a KeyError inside spconv)."""
 
 
 @functools.cache
@@ -52,7 +65,8 @@ def spconv_api() -> SimpleNamespace:
     `ImplicitGemmIndiceData`. Raises RuntimeError (with the import error) when spconv is not importable."""
     api, error = _import_spconv()
     if api is None:
-        raise RuntimeError(f"spconv is not importable ({error!r}); install spconv-cu120 or use backend='torch'")
+        raise RuntimeError(f"spconv is not importable ({error!r}); install spconv-cu120 (Python < 3.12) or "
+                           f"spconv-cu126 (Python >= 3.12), or use backend='torch'")
     return api
 
 
@@ -66,21 +80,49 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def resolve_backend(name: str) -> str:
-    """The backend that will run: `name` itself, or "torch" when "spconv" is asked for but not importable.
+def resolve_backend(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
+    """The implementation that runs a sparse conv of `dtype` features on `device`: "spconv" or "torch".
+
+    "auto" is `DEFAULT_BACKEND` of the device type, or "torch" on CUDA when deterministic algorithms are on
+    (`torch.use_deterministic_algorithms(True)`: the torch backend is gathers and matmuls only, spconv's CUDA
+    kernels make no such promise). bfloat16 runs "torch" whatever was asked (spconv has no bfloat16 kernels).
+    "spconv" without an importable spconv falls back to "torch" with a UserWarning (once per call site).
 
     Raises:
         ValueError: `name` is not one of `BACKENDS`.
-    The fallback is announced with a UserWarning (shown once per call site by Python's default filter).
     """
-    if check_backend_name(name) == "spconv" and not spconv_available():
+    check_backend_name(name)
+    device = torch.device(device)
+    if name == "auto":
+        name = DEFAULT_BACKEND.get(device.type, "torch")
+        if device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+            name = "torch"
+    if name == "spconv" and dtype not in SPCONV_DTYPES:
+        return "torch"
+    if name == "spconv" and not spconv_available():
         warnings.warn(
             f"spconv is not importable ({_import_spconv()[1]!r}); sparse_ops falls back to backend='torch'. "
-            f"Install spconv-cu120 (also on CPU-only machines) or pass backend='torch' to silence this.",
+            f"Install spconv-cu120 (Python < 3.12) or spconv-cu126 (Python >= 3.12), also on CPU-only machines, "
+            f"or pass backend='torch' to silence this.",
             stacklevel=3,
         )
         return "torch"
     return name
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The dtype `torch.autocast` runs convolutions and matmuls in on `device`, or None where it is off."""
+    kind = torch.device(device).type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def autocast_inputs(device: torch.device | str, *tensors):
+    """`tensors` as autocast casts the inputs of a convolution or matmul on `device`: float32 -> the autocast
+    dtype when autocast is enabled there; float64, other dtypes and None unchanged (so are all without autocast)."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t is not None and t.dtype == torch.float32 else t for t in tensors)
 
 
 def conv_algo(device: torch.device, kernel_volume: int):

@@ -23,7 +23,7 @@ class SubMResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 3, dilation: int = 1,
-                 backend: str = "spconv"):
+                 backend: str = "auto"):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         self.conv1 = SubMConv2d(in_channels, out_channels, kernel_size, dilation, bias=False, backend=backend)

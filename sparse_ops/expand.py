@@ -4,6 +4,7 @@ Each parent at level l gets four children at level l + 1, each a learned linear 
 features, one per quadrant. This is `F.conv_transpose2d(dense, weight, bias, stride=2)` read at the children
 of the given parents, computed as one matmul over the parents only: no tensor of the size of the level grid.
 Children of parent i are rows 4i..4i+3 in the (dy, dx) order (0,0), (0,1), (1,0), (1,1) - the quadtree's order.
+Under `torch.autocast` the matmul follows autocast's rules (float32 inputs cast to the autocast dtype).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def expand_children(
         parents = coords.coords
     else:
         parents = _backend.as_int32_coords(coords)
+    if isinstance(feats, torch.Tensor):
+        feats, weight, bias = _backend.autocast_inputs(feats.device, feats, weight, bias)
     _check_expand_args(feats, parents, weight, bias)
     c_in, c_out = weight.shape[:2]
     n = feats.shape[0]

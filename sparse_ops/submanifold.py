@@ -5,10 +5,14 @@ map that is zero at inactive sites, apply `F.conv2d(dense, weight, bias, padding
 dilation=dilation)`, and read the result back at the active sites only. Weights are in `F.conv2d`'s layout
 (C_out, C_in, k, k); conversions to spconv's layouts happen inside.
 
-Backends:
+Backends ("auto", the default, picks one per device: `backend.resolve_backend`):
 - "spconv": spconv's kernels (Native on CPU, implicit GEMM on CUDA; see `backend.conv_algo`).
 - "torch": pure PyTorch, chunked im2col over a neighbour table. Its backward reuses the same table (the
   submanifold neighbour relation is symmetric), so it saves only the inputs, not the gathered columns.
+
+Under `torch.autocast` the convolution follows autocast's rules: float32 features, weight and bias are cast to the
+autocast dtype and the output has that dtype (float64 stays float64). bfloat16 runs the torch backend (spconv
+has no bfloat16 kernels); its weight gradient is accumulated over row chunks in float32.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def submanifold_conv2d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     dilation: int = 1,
-    backend: str = "spconv",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Submanifold convolution of the features of active sites (see the module docstring for the definition).
 
@@ -48,13 +52,17 @@ def submanifold_conv2d(
         weight: (C_out, C_in, k, k) as for `F.conv2d`, k odd, same dtype and device as `feats`.
         bias: (C_out,) or None.
         dilation: positive int.
-        backend: "spconv" or "torch" (see `backend.BACKENDS`).
+        backend: "auto", "spconv" or "torch" (see `backend.BACKENDS` and `backend.resolve_backend`).
     Returns:
-        (N, C_out) of `feats`' dtype, rows in the order of `coords`.
+        (N, C_out) of `feats`' dtype (the autocast dtype under autocast), rows in the order of `coords`.
     """
     geometry = SparseGeometry.of(coords, spatial_shape, batch_size)
+    if isinstance(feats, torch.Tensor):
+        feats, weight, bias = _backend.autocast_inputs(feats.device, feats, weight, bias)
     _check_conv_args(feats, geometry, weight, bias, dilation)
-    return _submanifold_conv2d(feats, geometry, weight, bias, dilation, _backend.resolve_backend(backend))
+    name = _backend.resolve_backend(backend, feats.device, feats.dtype)
+    with torch.autocast(feats.device.type, enabled=False):  # the inputs hold the dtype to compute in
+        return _submanifold_conv2d(feats, geometry, weight, bias, dilation, name)
 
 
 def _submanifold_conv2d(feats, geometry: SparseGeometry, weight, bias, dilation: int, backend: str) -> torch.Tensor:
@@ -73,14 +81,10 @@ def _submanifold_conv2d(feats, geometry: SparseGeometry, weight, bias, dilation:
     return out if bias is None else out.add_(bias)
 
 
-_SPCONV_DTYPES = (torch.float16, torch.float32, torch.float64)
-"""Feature dtypes spconv's kernels take (bfloat16 raises a KeyError inside spconv)."""
-
-
 def _spconv_subm(feats: torch.Tensor, geometry: SparseGeometry, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    if feats.dtype not in _SPCONV_DTYPES:
-        raise ValueError(f"backend='spconv' supports {', '.join(map(str, _SPCONV_DTYPES))}, got {feats.dtype}; "
-                         f"cast the features and weights or use backend='torch'")
+    if feats.dtype not in _backend.SPCONV_DTYPES:
+        raise ValueError(f"backend='spconv' supports {', '.join(map(str, _backend.SPCONV_DTYPES))}, got "
+                         f"{feats.dtype}; cast the features and weights or use backend='torch'")
     k = weight.shape[-1]
     data = geometry.spconv_rulebook(k, dilation)
     filters = weight.permute(0, 2, 3, 1).contiguous()  # (C_out, k, k, C_in): spconv's KRSC layout
@@ -150,11 +154,17 @@ class _TorchSubmConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             c = feats.shape[1]
             c_out, _, k, _ = weight.shape
-            gmat = feats.new_zeros(k * k * c, c_out)
+            # half-precision chunks are summed in float32: a sum over N sites in bfloat16 would lose the small ones
+            low = feats.dtype in (torch.float16, torch.bfloat16)
+            gmat = feats.new_zeros(k * k * c, c_out, dtype=torch.float32 if low else feats.dtype)
             step = _chunk_rows(table, c)
             for start in range(0, feats.shape[0], step):
-                gmat.addmm_(_gather_columns(feats, table[start:start + step]).t(), grad_out[start:start + step])
-            grad_weight = gmat.reshape(k, k, c, c_out).permute(3, 2, 0, 1)
+                cols = _gather_columns(feats, table[start:start + step]).t()
+                if low:
+                    gmat += torch.mm(cols, grad_out[start:start + step])
+                else:
+                    gmat.addmm_(cols, grad_out[start:start + step])
+            grad_weight = gmat.reshape(k, k, c, c_out).permute(3, 2, 0, 1).to(weight.dtype)
         return grad_feats, grad_weight, None
 
 
@@ -201,7 +211,7 @@ class SubMConv2d(nn.Module):
         kernel_size: odd k.
         dilation: positive int.
         bias: learn a (C_out,) bias.
-        backend: "spconv" or "torch".
+        backend: "auto" (the device's default), "spconv" or "torch".
     Shape:
         forward(feats (N, C_in), geometry: SparseGeometry) -> (N, C_out).
     Attributes:
@@ -210,7 +220,7 @@ class SubMConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
-                 bias: bool = True, backend: str = "spconv"):
+                 bias: bool = True, backend: str = "auto"):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive (1, 3, 5, ...), got {kernel_size}")

@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from qgn.precision import set_fp32_math
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NUCLEI = SHARED_DATA / "nuclei_dsb2018.npz"
 
 torch.set_num_threads(2)
+
+# The precision policy of the tests (README, "Precision"): correctness tests compare IEEE float32 results, so TF32
+# is off for every test; tests of TF32 itself turn it on with qgn.precision.fp32_math(tf32=True).
+set_fp32_math(tf32=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from qgn.stem import PixelStem, gather_patches
+from rounding import AUTOCAST_PARAMS, assert_within_rounding
 
 
 def test_gather_patches_equals_unfold_of_the_pooled_image_at_the_nodes():
@@ -31,3 +33,18 @@ def test_pixel_stem_equals_its_dense_conv_outputs_and_gradients():
         grads_dense = torch.autograd.grad(dense.square().sum(), [images, stem.weight, stem.bias])
         for a, b in zip(grads_sparse, grads_dense):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device,dtype", AUTOCAST_PARAMS)
+def test_pixel_stem_under_autocast_is_a_low_precision_matmul(device, dtype):
+    torch.manual_seed(0)
+    stem = PixelStem(3, 5, 2).to(device)
+    images = torch.randn(2, 3, 8, 12, device=device)
+    coords = torch.nonzero(torch.rand(2, 4, 6) > 0.5).int().to(device)
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        sparse = stem(images, coords)
+    assert sparse.dtype == dtype
+    patches = gather_patches(images, coords, 3, 2).to(dtype).double()
+    weight, bias = stem.weight.flatten(1).to(dtype).double(), stem.bias.to(dtype).double()
+    exact = patches @ weight.t() + bias
+    assert_within_rounding(sparse, exact, patches.abs() @ weight.abs().t() + bias.abs(), dtype, terms=28)

@@ -8,16 +8,49 @@ from sparse_ops import backend
 
 def test_backend_names():
     assert backend.resolve_backend("torch") == "torch"
-    with pytest.raises(ValueError, match="valid backends are 'spconv', 'torch'"):
+    with pytest.raises(ValueError, match="valid backends are 'auto', 'spconv', 'torch'"):
         backend.resolve_backend("cuda")
-    with pytest.raises(ValueError, match="'spconv', 'torch'"):
+    with pytest.raises(ValueError, match="'auto', 'spconv', 'torch'"):
         backend.check_backend_name("Spconv")
+
+
+def test_auto_is_the_measured_default_of_the_device():
+    assert backend.resolve_backend("auto", "cpu") == backend.DEFAULT_BACKEND["cpu"] == "torch"
+    if backend.spconv_available():
+        assert backend.resolve_backend("auto", "cuda") == backend.DEFAULT_BACKEND["cuda"] == "spconv"
+        assert backend.resolve_backend("spconv", "cpu") == "spconv"  # asked for by name: kept
+
+
+@pytest.mark.skipif(not backend.spconv_available(), reason="spconv missing")
+def test_spconv_never_gets_a_dtype_it_has_no_kernels_for():
+    assert backend.resolve_backend("spconv", "cpu", torch.bfloat16) == "torch"
+    assert backend.resolve_backend("auto", "cuda", torch.bfloat16) == "torch"
+    assert backend.resolve_backend("spconv", "cuda", torch.float16) == "spconv"
+
+
+def test_deterministic_algorithms_run_the_torch_backend_on_cuda():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert backend.resolve_backend("auto", "cuda") == "torch"
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_autocast_inputs_follow_autocast_rules():
+    x32, x64, index = torch.randn(2), torch.randn(2, dtype=torch.float64), torch.arange(2)
+    assert backend.autocast_inputs("cpu", x32, x64, index, None) == (x32, x64, index, None)  # autocast off
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert backend.autocast_dtype("cpu") == torch.bfloat16 and backend.autocast_dtype("cuda") is None
+        cast = backend.autocast_inputs("cpu", x32, x64, index, None)
+    assert cast[0].dtype == torch.bfloat16 and cast[1] is x64 and cast[2] is index and cast[3] is None
 
 
 def test_spconv_falls_back_to_torch_with_a_warning(monkeypatch):
     monkeypatch.setattr(backend, "_import_spconv", lambda: (None, ImportError("no spconv here")))
     with pytest.warns(UserWarning, match="falls back to backend='torch'"):
         assert backend.resolve_backend("spconv") == "torch"
+    assert backend.resolve_backend("auto", "cpu") == "torch"  # the CPU default needs no spconv
     with pytest.raises(RuntimeError, match="no spconv here"):
         backend.spconv_api()
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rounding import AUTOCAST_PARAMS, assert_within_rounding
 from sparse_ops import NodeBatchNorm, node_batch_norm
 
 
@@ -53,3 +54,19 @@ def test_without_running_stats():
 def test_rejects_non_node_layout():
     with pytest.raises(ValueError, match=r"\(N, C\)"):
         NodeBatchNorm(3)(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("device,dtype", AUTOCAST_PARAMS)
+def test_autocast_keeps_float32_statistics(device, dtype):
+    """Low-precision node features keep their dtype; the batch statistics are accumulated in float32 into the
+    float32 running buffers: they equal the float64 statistics of the rounded features to float32 precision."""
+    bn = NodeBatchNorm(6, momentum=1.0).to(device).train()  # momentum 1: the running stats are this batch's
+    feats = (torch.randn(500, 6, generator=torch.Generator().manual_seed(0)) * 3 + 100).to(device).to(dtype)
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        out = bn(feats)
+    assert out.dtype == dtype and bn.running_mean.dtype == torch.float32
+    exact = feats.double().cpu()
+    torch.testing.assert_close(bn.running_mean.cpu().double(), exact.mean(0), rtol=2 ** -20, atol=0)
+    torch.testing.assert_close(bn.running_var.cpu().double(), exact.var(0), rtol=2 ** -16, atol=0)
+    normalised = (exact - exact.mean(0)) / (exact.var(0, unbiased=False) + bn.eps).sqrt()
+    assert_within_rounding(out, normalised, normalised.abs(), dtype, terms=1)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import quadtree
+from rounding import AUTOCAST_PARAMS, DEVICES, assert_within_rounding
 from sparse_ops import (CHILD_OFFSETS, ExpandChildren, SparseGeometry, child_coords, dense_expand_children,
                         expand_children, select_nodes)
 
@@ -14,14 +15,18 @@ def parents(batch, h, w, fraction, seed):
     return torch.nonzero(torch.rand(batch, h, w, generator=g) < fraction)  # column-major int64
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_matches_conv_transpose2d(batch, with_bias):
-    coords = parents(batch, 7, 9, 0.4, seed=batch)
+def test_matches_conv_transpose2d(device, batch, with_bias):
+    coords = parents(batch, 7, 9, 0.4, seed=batch).to(device)
     g = torch.Generator().manual_seed(0)
-    feats = torch.randn(coords.shape[0], 5, generator=g, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+
+    feats, weight = leaf(coords.shape[0], 5), leaf(5, 3, 2, 2)
+    bias = leaf(3) if with_bias else None
     leaves = [t for t in (feats, weight, bias) if t is not None]
     out, children = expand_children(feats, coords, weight, bias)
     ref, ref_children = dense_expand_children(feats, coords, (7, 9), batch, weight, bias)
@@ -103,12 +108,22 @@ def test_input_validation():
         expand_children(torch.randn(1, 3), coords, torch.randn(3, 4, 2, 2), torch.randn(3))
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    coords = parents(2, 30, 40, 0.3, seed=0)
-    feats, weight, bias = torch.randn(coords.shape[0], 16), torch.randn(16, 8, 2, 2), torch.randn(8)
-    out, children = expand_children(feats, coords, weight, bias)
-    out_cuda, children_cuda = expand_children(feats.cuda(), coords.cuda(), weight.cuda(), bias.cuda())
-    torch.testing.assert_close(out_cuda.cpu(), out, atol=1e-2, rtol=1e-2)
-    assert torch.equal(children_cuda.cpu(), children)
+@pytest.mark.parametrize("device,dtype", AUTOCAST_PARAMS)
+def test_autocast_runs_in_the_low_precision(device, dtype):
+    """Under autocast the projection is a `dtype` matmul with float32 accumulation (tests/rounding.py bound);
+    float32 parameters get float32 gradients."""
+    coords = parents(2, 30, 40, 0.3, seed=0).to(device)
+    g = torch.Generator().manual_seed(1)
+    feats, weight, bias = torch.randn(coords.shape[0], 16, generator=g), torch.randn(16, 8, 2, 2, generator=g), \
+        torch.randn(8, generator=g)
+    leaves = [t.to(device).requires_grad_(True) for t in (feats, weight, bias)]
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        out, children = expand_children(leaves[0], coords, leaves[1], leaves[2])
+    assert out.dtype == dtype
+    grads = torch.autograd.grad(out.float().sum(), leaves)
+    assert [grad.dtype for grad in grads] == [torch.float32] * 3
+    rounded = [t.to(dtype).double() for t in (feats, weight, bias)]
+    exact, _ = dense_expand_children(rounded[0], coords.cpu(), (30, 40), 2, rounded[1], rounded[2])
+    magnitude, _ = dense_expand_children(*(t.abs() for t in rounded[:1]), coords.cpu(), (30, 40), 2,
+                                         rounded[1].abs(), rounded[2].abs())
+    assert_within_rounding(out, exact, magnitude, dtype, terms=17)

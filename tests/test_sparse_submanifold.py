@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import quadtree
+from qgn.precision import fp32_math
+from rounding import AUTOCAST_PARAMS, DEVICES, assert_within_rounding
 from sparse_ops import SparseGeometry, SubMConv2d, dense_submanifold_conv2d, submanifold_conv2d
 from sparse_ops.backend import spconv_available
 
@@ -51,13 +53,90 @@ def test_matches_dense_conv(backend, batch, k, dilation):
     compare_with_dense(feats, coords, (13, 17), batch, weight, None, dilation, backend)
 
 
+def conv_inputs(k, seed=0, channels=32):
+    """Sites, float32 features, weight and bias of a 2 x 40 x 50 level, 30% active."""
+    coords = random_sites(2, 40, 50, 0.3, seed=k + seed)
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(coords.shape[0], channels, generator=g)
+    weight = torch.randn(16, channels, k, k, generator=g)
+    bias = torch.randn(16, generator=g)
+    return coords, feats, weight, bias
+
+
+def exact_conv_and_grads(coords, feats, weight, bias, dilation, grad, dtype):
+    """The dense float64 reference on the inputs rounded to `dtype`: (output, grads of feats/weight/bias) and the
+    same for |inputs| (the magnitudes that bound the rounding error, see tests/rounding.py), and the number of
+    terms summed into each of the four."""
+    results = []
+    for absolute in (False, True):
+        leaves = [t.to(dtype).double().abs() if absolute else t.to(dtype).double() for t in (feats, weight, bias)]
+        leaves = [t.requires_grad_(True) for t in leaves]
+        out = dense_submanifold_conv2d(leaves[0], coords, (40, 50), 2, leaves[1], leaves[2], dilation)
+        g = grad.to(dtype).double()
+        results.append((out, torch.autograd.grad(out, leaves, g.abs() if absolute else g)))
+    k, sites = weight.shape[-1], feats.shape[0]
+    terms = [feats.shape[1] * k * k + 1, weight.shape[0] * k * k, sites, sites]
+    return results, terms
+
+
+def sparse_conv_and_grads(coords, feats, weight, bias, dilation, grad, backend, device, autocast_dtype=None):
+    leaves = [t.to(device).requires_grad_(True) for t in (feats, weight, bias)]
+    with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        out = submanifold_conv2d(leaves[0], coords.to(device), (40, 50), 2, leaves[1], leaves[2], dilation, backend)
+    return out, torch.autograd.grad(out, leaves, grad.to(device).to(out.dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_float32_matches_dense(backend):
-    coords = random_sites(2, 20, 20, 0.5, seed=3)
-    g = torch.Generator().manual_seed(2)
-    feats = torch.randn(coords.shape[0], 16, generator=g)
-    weight = torch.randn(8, 16, 3, 3, generator=g)
-    compare_with_dense(feats, coords, (20, 20), 2, weight, torch.randn(8, generator=g), 1, backend, atol=1e-4)
+@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 1), (3, 2), (5, 1)])
+def test_float32_within_float32_rounding(device, backend, k, dilation):
+    """float32 (TF32 off, as tests/conftest.py sets) against the exact conv, outputs and gradients."""
+    coords, feats, weight, bias = conv_inputs(k)
+    grad = torch.randn(coords.shape[0], 16, generator=torch.Generator().manual_seed(5))
+    out, grads = sparse_conv_and_grads(coords, feats, weight, bias, dilation, grad, backend, device)
+    assert out.dtype == torch.float32 and out.device.type == device
+    ((exact, exact_grads), (magnitude, magnitude_grads)), terms = exact_conv_and_grads(
+        coords, feats, weight, bias, dilation, grad, torch.float32)
+    assert_within_rounding(out, exact, magnitude, torch.float32, terms[0])
+    for got, want, size, count in zip(grads, exact_grads, magnitude_grads, terms[1:]):
+        assert got.dtype == torch.float32
+        assert_within_rounding(got, want, size, torch.float32, count)
+
+
+@pytest.mark.parametrize("device,dtype", AUTOCAST_PARAMS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 1), (5, 1)])
+def test_autocast_runs_in_the_low_precision(device, dtype, backend, k, dilation, monkeypatch):
+    """Under autocast the conv computes in `dtype` (bf16 through the torch backend, spconv has none) with float32
+    accumulation: within `dtype`'s rounding bound of the exact conv of the rounded inputs; gradients too, and
+    float32 parameters get float32 gradients. The torch backend works in chunks of 16 rows here, so its
+    outputs and gradients go through the chunked paths (the weight gradient is a sum of ~70 chunk products)."""
+    monkeypatch.setattr("sparse_ops.submanifold._CHUNK_ELEMENTS", 16 * 32 * k * k)
+    coords, feats, weight, bias = conv_inputs(k, seed=1)
+    grad = torch.randn(coords.shape[0], 16, generator=torch.Generator().manual_seed(6))
+    out, grads = sparse_conv_and_grads(coords, feats, weight, bias, dilation, grad, backend, device, dtype)
+    assert out.dtype == dtype
+    assert [g.dtype for g in grads] == [torch.float32] * 3  # the casts' gradients flow back to float32 leaves
+    ((exact, exact_grads), (magnitude, magnitude_grads)), terms = exact_conv_and_grads(
+        coords, feats, weight, bias, dilation, grad, dtype)
+    assert_within_rounding(out, exact, magnitude, dtype, terms[0])
+    for got, want, size, count in zip(grads, exact_grads, magnitude_grads, terms[1:]):
+        assert_within_rounding(got, want, size, dtype, count)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tf32_within_tf32_rounding(backend):
+    """With TF32 allowed (PyTorch's default for cuDNN convs) the results keep TF32's 10-bit-mantissa bound."""
+    coords, feats, weight, bias = conv_inputs(3, seed=2)
+    grad = torch.randn(coords.shape[0], 16, generator=torch.Generator().manual_seed(7))
+    with fp32_math(tf32=True):
+        out, grads = sparse_conv_and_grads(coords, feats, weight, bias, 1, grad, backend, "cuda")
+    ((exact, exact_grads), (magnitude, magnitude_grads)), terms = exact_conv_and_grads(
+        coords, feats, weight, bias, 1, grad, torch.float32)
+    assert_within_rounding(out, exact, magnitude, "tf32", terms[0])
+    for got, want, size, count in zip(grads, exact_grads, magnitude_grads, terms[1:]):
+        assert_within_rounding(got, want, size, "tf32", count)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -233,21 +312,5 @@ def test_input_validation():
         conv(feats, coords, None, 1, weight)
     with pytest.raises(ValueError, match="SparseGeometry"):
         SubMConv2d(3, 4)(feats, coords)
-    if spconv_available():
-        with pytest.raises(ValueError, match="backend='torch'"):
-            conv(feats.bfloat16(), coords, (4, 4), 1, weight.bfloat16(), backend="spconv")
     with pytest.raises(ValueError, match="odd"):
         SubMConv2d(3, 4, 4)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 1), (3, 2), (5, 1)])
-def test_cuda_matches_dense(backend, k, dilation):
-    coords = random_sites(2, 40, 50, 0.3, seed=k).cuda()
-    g = torch.Generator().manual_seed(0)
-    feats = torch.randn(coords.shape[0], 32, generator=g).cuda()
-    weight = torch.randn(16, 32, k, k, generator=g).cuda()
-    bias = torch.randn(16, generator=g).cuda()
-    compare_with_dense(feats, coords, (40, 50), 2, weight, bias, dilation, backend, atol=5e-2, rtol=1e-2)

@@ -70,9 +70,21 @@ class Stop(Exception):
     pass
 
 
+PRECISIONS = [
+    pytest.param("cpu", "off", id="cpu-fp32"),
+    pytest.param("cpu", "bf16", id="cpu-bf16"),
+    pytest.param("cuda", "off", id="cuda-fp32", marks=pytest.mark.cuda),
+    pytest.param("cuda", "fp16", id="cuda-fp16", marks=pytest.mark.cuda),
+    pytest.param("cuda", "bf16", id="cuda-bf16", marks=pytest.mark.cuda),
+]
+
+
+@pytest.mark.parametrize("device,amp", PRECISIONS)
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, Stop])
-def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, interruption):
-    config = tiny_run(epochs=3, checkpoint_every=2)
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, interruption, device, amp):
+    """Bitwise the same weights as an uninterrupted run, in every precision; on CUDA with deterministic algorithms.
+    Checkpoints hold float32 weights whatever the precision, and CPU RNG states whatever the device."""
+    config = tiny_run(epochs=3, checkpoint_every=2, device=device, amp=amp, deterministic=device == "cuda")
     train(config, tmp_path / "straight")
 
     def stop_at_step_5(progress: Progress):
@@ -89,6 +101,18 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, interrupt
     assert resumed["progress"] == straight["progress"]
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+        assert not tensor.is_floating_point() or tensor.dtype == torch.float32, name
+    assert resumed["rng"]["torch"].device.type == "cpu" and resumed["rng"]["torch"].dtype == torch.uint8
+    assert ("cuda" in resumed["rng"]) == (device == "cuda")
+    assert bool(resumed["scaler"]) == (amp == "fp16")
+
+
+def test_fp16_on_cpu_and_unknown_precisions_are_refused_before_any_step(tmp_path):
+    with pytest.raises(ValueError, match="use 'bf16' on CPU"):
+        train(tiny_run(device="cpu", amp="fp16"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="unknown amp 'fp8'"):
+        tiny_run(amp="fp8")
 
 
 def test_resume_with_another_model_config_is_rejected(tmp_path):

@@ -81,6 +81,7 @@ def run_config_from_args(args: argparse.Namespace):
         ("train", "max_steps"): args.max_steps, ("train", "device"): args.device, ("train", "seed"): args.seed,
         ("train", "num_workers"): args.workers, ("train", "optimizer"): args.optimizer,
         ("train", "schedule"): args.schedule, ("train", "checkpoint_every"): args.checkpoint_every,
+        ("train", "amp"): args.amp, ("train", "tf32"): args.tf32, ("train", "deterministic"): args.deterministic,
         ("loss", "level_scale"): args.level_scale,
     }
     sections = {"model": model, "data": data, "train": train, "loss": loss}
@@ -123,7 +124,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
     from training.trainer import load_checkpoint, load_model, resolve_device
 
+    from qgn.precision import check_amp, set_fp32_math
+
     device = resolve_device(args.device)
+    check_amp(args.amp, device)
+    set_fp32_math(args.tf32)
     model = load_model(args.checkpoint, device)
     config = RunConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
     spec = args.data or config.data.val_dataset or config.data.dataset
@@ -134,7 +139,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-depth must be in 0..{model.config.depth} (the model's depth), got {args.max_depth}")
     settings = sweep_settings(model.config.depth, args.max_depth, thresholds=args.sweep)
     records = evaluate_settings(model, torch.utils.data.Subset(dataset, range(count)), settings, device,
-                                config.data.ignore_index, getattr(dataset, "class_names", None), progress=True)
+                                config.data.ignore_index, getattr(dataset, "class_names", None), progress=True,
+                                amp=args.amp)
     print(format_table(records))
     if args.json:
         path = Path(args.json)
@@ -155,7 +161,11 @@ def cmd_infer(args: argparse.Namespace) -> None:
     from training.transforms import normalize_image
     from training.visualize import save_label_png, save_overlay
 
+    from qgn.precision import autocast, check_amp, set_fp32_math
+
     device = resolve_device(args.device)
+    check_amp(args.amp, device)
+    set_fp32_math(args.tf32)
     model = load_model(args.checkpoint, device)
     normalize = RunConfig.from_dict(load_checkpoint(args.checkpoint)["config"]).data.normalize
     out = Path(args.out)
@@ -164,8 +174,9 @@ def cmd_infer(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"no image at {path}")
         raw = match_channels(read_image(path), model.config.in_channels, path)
         image = torch.from_numpy(normalize_image(raw, normalize))
-        prediction = model.predict(image[None].to(device), max_depth=args.max_depth, threshold=args.threshold,
-                                   budget=args.budget)
+        with autocast(args.amp, device):
+            prediction = model.predict(image[None].to(device), max_depth=args.max_depth, threshold=args.threshold,
+                                       budget=args.budget)
         labels = save_label_png(prediction.labels[0], out / f"{path.stem}_labels.png")
         single = prediction.tree.split()[0].to("cpu")
         tree = qt.save(single, out / f"{path.stem}_tree.npz")
@@ -204,7 +215,19 @@ def _json_default(value):
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def add_precision_flags(parser: argparse.ArgumentParser, default) -> None:
+    """--amp and --tf32 (qgn.precision); `default` None leaves the run's config (train) in charge."""
+    from qgn.precision import AMP_DTYPES
+
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), default=default,
+                        help="mixed precision: off (float32, the default), fp16 (CUDA) or bf16")
+    parser.add_argument("--tf32", action="store_true", default=None if default is None else False,
+                        help="let float32 convs and matmuls use TF32 on Ampere+ GPUs (default: IEEE float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from sparse_ops.backend import BACKENDS
+
     parser = argparse.ArgumentParser(prog="qgn", description="Quadtree generating networks for segmentation.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -239,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--crop", type=int, help="square training crop, a multiple of 2**depth")
     train.add_argument("--model", choices=["qgn", "dense"])
     train.add_argument("--encoder", choices=["resnet", "efficientnet_lite0"])
-    train.add_argument("--backend", choices=["spconv", "torch"])
+    train.add_argument("--backend", choices=list(BACKENDS),
+                       help="sparse convs: auto (default: torch on CPU, spconv on CUDA), spconv or torch")
     train.add_argument("--in-channels", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--optimizer", choices=["adamw", "sgd"])
@@ -248,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     train.add_argument("--checkpoint-every", type=int, help="also write last.pt every N steps")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    add_precision_flags(train, default=None)
+    train.add_argument("--deterministic", action="store_true", default=None,
+                       help="deterministic algorithms: bitwise-exact resume on CUDA too (slower; sparse convs run the "
+                            "torch backend there)")
     train.add_argument("--workers", type=int, help="DataLoader workers per process")
     train.add_argument("--seed", type=int)
     train.add_argument("--config", help="YAML file with sections model, data, loss, train (flags override it)")
@@ -265,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--sweep", action="store_true", help="every depth plus MIXED thresholds 0.1..0.9")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
     evaluate.add_argument("--device", default="auto")
+    add_precision_flags(evaluate, default="off")
     evaluate.add_argument("--json", metavar="OUT", help="write records here (and a PNG plot beside it)")
     evaluate.set_defaults(run=cmd_eval)
 
@@ -275,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--threshold", type=float, help="expand a node when P(MIXED) >= this")
     infer.add_argument("--budget", type=int, help="at most this many expanded nodes per level")
     infer.add_argument("--device", default="auto")
+    add_precision_flags(infer, default="off")
     infer.add_argument("--out", required=True, metavar="DIR")
     infer.set_defaults(run=cmd_infer)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from qgn.config import QGNConfig
+from qgn.precision import AMP_DTYPES
 from training.datasets import DataConfig
 from training.loss import LossConfig
 from training.transforms import AugmentConfig, NormalizeConfig
@@ -31,6 +32,9 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers per process
     seed: int = 0  # model init, data order and augmentation all derive from it
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    amp: str = "off"  # mixed precision: "off" (float32), "fp16" (CUDA, with loss scaling) or "bf16" (qgn.precision)
+    tf32: bool = False  # let float32 convolutions and matmuls use TF32 on Ampere+ GPUs (faster, 10-bit mantissa)
+    deterministic: bool = False  # deterministic algorithms (exact resume on CUDA; the torch sparse backend there)
     checkpoint_every: int = 0  # also write last.pt every this many steps (0: at epoch ends only)
     log_every: int = 10  # steps between log lines
     val_every: int = 1  # epochs between validations (the last epoch always validates)
@@ -43,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_DTYPES)} (off = float32)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
 

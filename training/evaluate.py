@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from qgn.memory import peak_memory
+from qgn.precision import autocast
 from training.metrics import ConfusionMatrix
 
 
@@ -41,9 +42,9 @@ def sweep_settings(depth: int, max_depth: int | None = None, thresholds: bool = 
 
 @torch.no_grad()
 def evaluate_settings(model, samples, settings: list[Setting], device, ignore_index: int = 255,
-                      class_names=None, progress: bool = False) -> list[dict]:
+                      class_names=None, progress: bool = False, amp: str = "off") -> list[dict]:
     """Evaluate `model` at each setting over `samples`: an iterable of (image (C, H, W), mask (H, W)) pairs,
-    read one at a time.
+    read one at a time, predicting under `amp`'s autocast (`qgn.precision`).
 
     Each image is predicted alone (batch 1), so latency and memory are per image. `progress` shows a bar.
     Returns:
@@ -58,7 +59,13 @@ def evaluate_settings(model, samples, settings: list[Setting], device, ignore_in
         raise ValueError("nothing to evaluate: the data set is empty")
     metrics = {s: ConfusionMatrix(model.config.num_classes, ignore_index, device) for s in settings}
     costs = {s: {"nodes": [], "macs": [], "ms": [], "mb": []} for s in settings}
-    model.predict(first[0][None].to(device))  # warm-up: one-time imports and allocations
+    device = torch.device(device)
+
+    def predict(image, setting: Setting):
+        with autocast(amp, device):
+            return model.predict(image, **asdict(setting))
+
+    predict(first[0][None].to(device), settings[0])  # warm-up: one-time imports and allocations
     from tqdm import tqdm
 
     count = 0
@@ -68,20 +75,20 @@ def evaluate_settings(model, samples, settings: list[Setting], device, ignore_in
         image, mask = image[None].to(device), mask[None].to(device)
         for setting in settings:
             with peak_memory(device) as memory:
-                prediction = model.predict(image, **asdict(setting))
+                prediction = predict(image, setting)
             metrics[setting].update(prediction.labels, mask)
             cost = costs[setting]
             cost["nodes"].append(prediction.nodes_per_level)
             cost["macs"].append(prediction.macs)
             cost["mb"].append(memory["peak_mb"])
         for setting in settings:  # latency without the memory tracker's overhead
-            costs[setting]["ms"].append(1e3 * model.predict(image, **asdict(setting)).seconds)
+            costs[setting]["ms"].append(1e3 * predict(image, setting).seconds)
     records = []
     for setting in settings:
         summary = metrics[setting].summary(class_names)
         cost = costs[setting]
         records.append({
-            **asdict(setting), "setting": setting.label(), "model": model.config.model,
+            **asdict(setting), "setting": setting.label(), "model": model.config.model, "amp": amp,
             "miou": summary["miou"], "pixel_accuracy": summary["pixel_accuracy"], "iou": summary["iou"],
             "nodes_per_level": np.mean(cost["nodes"], axis=0).tolist(),
             "macs": float(np.mean(cost["macs"])), "latency_ms": statistics.median(cost["ms"]),

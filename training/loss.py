@@ -38,8 +38,10 @@ def level_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ign
         labels: int64 (N,) node labels (classes, the ignore index, MIXED).
         class_weights: float (C + 1,) or None; sliced to the logits' width.
     Returns:
-        a scalar; the weighted mean over nodes whose label is not the ignore index, as `F.cross_entropy`.
+        a float32 scalar (low-precision logits are cast first: the loss is always computed in float32); the
+        weighted mean over nodes whose label is not the ignore index, as `F.cross_entropy`.
     """
+    logits = logits.float()
     targets = level_targets(labels, num_classes, ignore_index)
     supervised = targets != ignore_index
     if not bool(supervised.any()):
@@ -92,7 +94,7 @@ class QuadtreeLoss(nn.Module):
             if masks is None:
                 raise ValueError("full_logits need the dense masks (B, H, W) as targets")
             losses[f"loss_l{self.depth}"] = F.cross_entropy(
-                full_logits, masks.long(), weight=self.class_weights[: self.num_classes].to(full_logits),
+                full_logits.float(), masks.long(), weight=self.class_weights[: self.num_classes].to(full_logits.device),
                 ignore_index=self.ignore_index)
         if self.config.adaptive and self.training:
             full = losses[f"loss_l{self.depth}"].detach()

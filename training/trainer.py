@@ -2,9 +2,12 @@
 
 Reproducibility and exact resume: the data order of epoch e is a permutation seeded by (seed, e), and every
 training sample is augmented with a generator seeded by (seed, e, index), so a run that stops at any step and
-resumes from its checkpoint (model, optimizer, schedule, epoch, step, RNG states) skips the batches it already
-used and ends with the same weights as an uninterrupted run. Checkpoints are written to a temporary file and
-renamed into place, so an interrupted write never leaves a broken `last.pt`.
+resumes from its checkpoint (model, optimizer, loss scaler, schedule, epoch, step, CPU and CUDA RNG states) skips
+the batches it already used and ends with the same weights as an uninterrupted run: bitwise on CPU, and on CUDA
+with `deterministic` (deterministic algorithms). Checkpoints are read onto the CPU whatever device wrote them,
+written to a temporary file and renamed into place, so an interrupted write never leaves a broken `last.pt`.
+Precision (`TrainConfig.amp`, `tf32`) follows `qgn.precision`: autocast around the forward pass and the loss,
+loss scaling for fp16, float32 parameters and checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from qgn import QGN, QGNConfig
+from qgn.precision import autocast, check_amp, fp32_math, grad_scaler
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
 from training.datasets import datasets_from_config
@@ -140,6 +145,44 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> QGN:
     return model.to(device).eval()
 
 
+def rng_states(device: torch.device) -> dict:
+    """The global RNG states to checkpoint: the CPU generator, and every CUDA generator when training on CUDA."""
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict, device: torch.device) -> None:
+    """Set the generators saved by `rng_states` (read on the CPU: `set_rng_state` takes CPU byte tensors only)."""
+    torch.set_rng_state(states["torch"].cpu())
+    if device.type == "cuda" and "cuda" in states:
+        cuda_states = [state.cpu() for state in states["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:  # another GPU count than the run that wrote it: this process's device is what it trains on
+            torch.cuda.set_rng_state(cuda_states[min(device.index or 0, len(cuda_states) - 1)], device)
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool):
+    """`torch.use_deterministic_algorithms(True, warn_only=True)` for the block when `enabled` (restored after).
+
+    An op without a deterministic implementation warns instead of stopping the run. cuBLAS needs
+    CUBLAS_WORKSPACE_CONFIG before its first use; it is set here when the user has not set it.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
 # ---- the loops -------------------------------------------------------------------------------------------------
 @dataclass
 class Progress:
@@ -151,14 +194,18 @@ class Progress:
 
 def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progress: Progress, total_steps: int,
                     device: torch.device, log: Callable[[dict], None], on_step: Callable[[Progress], None] | None = None,
-                    bar=None) -> None:
+                    bar=None, scaler: torch.amp.GradScaler | None = None) -> None:
     """One pass over `loader` (from `progress.batch_in_epoch` on), updating `progress` after every step.
+
+    The forward pass and the loss run under `cfg.amp`'s autocast; `scaler` (`qgn.precision.grad_scaler`; None: no
+    loss scaling) scales the loss for fp16 and skips steps whose gradients overflowed.
 
     Raises:
         FloatingPointError: a non-finite loss, naming the step and the level.
     """
     model.train()
     criterion.train()
+    scaler = scaler or grad_scaler("off", device)  # disabled: passes the loss and the step through
     start, images_seen = time.perf_counter(), 0
     for images, masks, tree in loader:
         if cfg.max_steps is not None and progress.step >= cfg.max_steps:
@@ -167,18 +214,21 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
         lr = cfg.lr * lr_factor(progress.step, total_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        output = model(images, tree)
-        losses = criterion(output.level_logits, tree, output.full_logits, masks)
+        with autocast(cfg.amp, device):
+            output = model(images, tree)
+            losses = criterion(output.level_logits, tree, output.full_logits, masks)
         if not torch.isfinite(losses["loss"]):
             bad = [name for name, value in losses.items() if name != "loss" and not torch.isfinite(value)]
             raise FloatingPointError(f"non-finite loss at step {progress.step} (epoch {progress.epoch}): "
                                      f"{', '.join(f'{n}={float(losses[n])}' for n in bad) or 'total'}; lower the "
                                      f"learning rate or set grad_clip")
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        scaler.scale(losses["loss"]).backward()
         if cfg.grad_clip:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         progress.step += 1
         progress.batch_in_epoch += 1
         images_seen += images.shape[0]
@@ -197,12 +247,14 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
 
 @torch.no_grad()
 def evaluate(model: QGN, loader, num_classes: int, device: torch.device, max_depth: int | None = None,
-             ignore_index: int = 255, class_names=None) -> dict:
-    """mIoU, per-class IoU and pixel accuracy of `model.predict(max_depth=...)` over `loader` (all DDP ranks)."""
+             ignore_index: int = 255, class_names=None, amp: str = "off") -> dict:
+    """mIoU, per-class IoU and pixel accuracy of `model.predict(max_depth=...)` over `loader` (all DDP ranks),
+    predicted under `amp`'s autocast."""
     model.eval()
     metric = ConfusionMatrix(num_classes, ignore_index, device)
     for images, masks, _ in loader:
-        prediction = model.predict(images.to(device), max_depth=max_depth)
+        with autocast(amp, device):
+            prediction = model.predict(images.to(device), max_depth=max_depth)
         metric.update(prediction.labels, masks.to(device))
     if dist.is_available() and dist.is_initialized():
         metric.all_reduce()
@@ -233,14 +285,21 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     """Train `config` into `out_dir` (config.yaml, last.pt, best.pt, log.jsonl); returns the last validation.
 
     Under torchrun (WORLD_SIZE > 1) every process trains its share of each batch with DistributedDataParallel
-    (gloo on CPU, nccl on CUDA); rank 0 writes the files.
+    (gloo on CPU, nccl on CUDA); rank 0 writes the files. TF32 and deterministic algorithms are set as
+    `config.train` says for the run and restored after it.
     """
+    with fp32_math(config.train.tf32), deterministic_algorithms(config.train.deterministic):
+        return _train(config, out_dir, resume, on_step)
+
+
+def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dict:
     out_dir = Path(out_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     tcfg = config.train
     device = resolve_device(tcfg.device, local_rank)
+    check_amp(tcfg.amp, device)
     distributed = world_size > 1
     if distributed and not dist.is_initialized():
         if device.type == "cuda":
@@ -266,18 +325,21 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     model = QGN(config.model).to(device)
     criterion = QuadtreeLoss(config.model.num_classes, config.model.depth, config.loss, dcfg.ignore_index).to(device)
     optimizer = build_optimizer(model, tcfg)
+    scaler = grad_scaler(tcfg.amp, device)
     progress = Progress()
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start without --resume")
-        state = load_checkpoint(last_path, map_location=device)
+        state = load_checkpoint(last_path)  # onto the CPU; the state dicts copy to the model's device
         check_checkpoint_matches(state, config, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         criterion.load_state_dict(state["criterion"])
+        if state.get("scaler"):  # empty when the run was written without fp16 loss scaling
+            scaler.load_state_dict(state["scaler"])
         progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"]["torch"])
+        restore_rng_states(state["rng"], device)
     elif main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if last_path.exists():
@@ -303,8 +365,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
             save_checkpoint(path, {
                 "format": "qgn-checkpoint", "version": CHECKPOINT_VERSION, "config": config.as_dict(),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "criterion": criterion.state_dict(), "progress": vars(progress).copy(),
-                "rng": {"torch": torch.get_rng_state()},
+                "criterion": criterion.state_dict(), "scaler": scaler.state_dict(),
+                "progress": vars(progress).copy(), "rng": rng_states(device),
             })
 
     def after_step(p: Progress) -> None:
@@ -324,7 +386,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
             train_set.set_epoch(progress.epoch)
             sampler.set_epoch(progress.epoch, skip_samples=progress.batch_in_epoch * tcfg.batch_size)
             train_one_epoch(train_model, criterion, loader, optimizer, tcfg, progress, total_steps, device, log,
-                            after_step, bar)
+                            after_step, bar, scaler)
             finished = tcfg.max_steps is not None and progress.step >= tcfg.max_steps
             epoch_done = progress.batch_in_epoch >= steps_per_epoch or not finished  # the loader ran out
             epoch = progress.epoch
@@ -332,7 +394,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                 progress.epoch, progress.batch_in_epoch = epoch + 1, 0
             if (epoch + 1) % tcfg.val_every == 0 or epoch + 1 >= tcfg.epochs or finished:
                 summary = evaluate(model, val_loader, config.model.num_classes, device,
-                                   ignore_index=dcfg.ignore_index, class_names=getattr(val_set, "class_names", None))
+                                   ignore_index=dcfg.ignore_index, class_names=getattr(val_set, "class_names", None),
+                                   amp=tcfg.amp)
                 log({"epoch": epoch, "step": progress.step, "val": summary})
                 if bar is not None:
                     bar.write(f"epoch {epoch + 1}/{tcfg.epochs}: val mIoU {summary['miou']:.4f}, "
