@@ -6,6 +6,11 @@ expanded, the most probably MIXED first; with `oracle_tree`, exactly that tree's
 Nodes that are not expanded take their best non-MIXED class. The deepest computed level is `max_depth`; a pixel
 takes the class of the deepest non-MIXED node covering it, so at max_depth = k the labels are painted at stride
 2**(depth - k).
+
+Images of any size: they are padded at the bottom/right to multiples of 2**depth by repeating their last row and
+column (no artificial edge for the network to see), and a node whose window lies wholly in that padding is never
+expanded and is an ignore leaf of the predicted tree - what `quadtree.encode` gives for padding - so the padding
+costs nothing beyond the root cells that hold it.
 """
 
 from __future__ import annotations
@@ -68,8 +73,10 @@ def check_predict_args(model, images, max_depth, threshold, budget, oracle_tree)
         max_depth = depth
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or not 0 <= max_depth <= depth:
         raise ValueError(f"max_depth must be an integer in 0..{depth} (the model's depth), got {max_depth!r}")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and threshold >= 0):
-        raise ValueError(f"threshold must be a probability >= 0 (above 1 expands nothing), got {threshold!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise ValueError(f"threshold is a probability of MIXED in 0..1 (0 expands every node, 1 only certain ones), "
+                         f"got {threshold!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
         raise ValueError(f"budget must be a positive number of nodes per image and level, got {budget!r}; "
                          f"use max_depth=0 for the cheapest prediction")
@@ -87,16 +94,25 @@ def check_predict_args(model, images, max_depth, threshold, budget, oracle_tree)
     return max_depth
 
 
-def expansion_rule(mixed_class: int, threshold: float | None, budget: int | None, oracle_tree: qt.Quadtree | None):
-    """(level, logits (N, C + 1), batch index (N,)) -> bool (N,): which nodes get children."""
+def in_image(coords: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """bool (N,): which nodes (coords (N, 3) at a level of `stride`) have pixels inside the unpadded image."""
+    height, width = image_size
+    return (coords[:, 1].long() * stride < height) & (coords[:, 2].long() * stride < width)
 
-    def choose(level: int, logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+
+def expansion_rule(mixed_class: int, threshold: float | None, budget: int | None, oracle_tree: qt.Quadtree | None,
+                   depth: int, image_size: tuple[int, int]):
+    """(level, logits (N, C + 1), coords (N, 3)) -> bool (N,): which nodes get children. Nodes wholly in the
+    padding never do; the budget counts only nodes of the image."""
+
+    def choose(level: int, logits: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         if oracle_tree is not None:
             return oracle_tree.levels[level].labels.to(logits.device) == qt.MIXED
         p_mixed = torch.softmax(logits.float(), 1)[:, mixed_class]
         expand = p_mixed >= threshold if threshold is not None else logits.argmax(1) == mixed_class
+        expand &= in_image(coords, 1 << (depth - level), image_size)
         if budget is not None and bool(expand.any()):
-            expand = within_budget(expand, p_mixed, batch, budget)
+            expand = within_budget(expand, p_mixed, coords[:, 0].long(), budget)
         return expand
 
     return choose
@@ -119,12 +135,14 @@ def within_budget(expand: torch.Tensor, score: torch.Tensor, batch: torch.Tensor
 
 
 def build_tree(levels_coords, levels_logits, levels_expanded, expanded_from, depth, batch_size, image_size,
-               num_classes) -> qt.Quadtree:
-    """The predicted Quadtree: expanded nodes are MIXED, the others take their best non-MIXED class."""
+               num_classes, ignore_index) -> qt.Quadtree:
+    """The predicted Quadtree: expanded nodes are MIXED, nodes wholly in the padding ignore leaves, the others take
+    their best non-MIXED class."""
     levels = []
     for l in range(depth + 1):
         if l < len(levels_coords):
             labels = levels_logits[l][:, :num_classes].argmax(1)
+            labels[~in_image(levels_coords[l], 1 << (depth - l), image_size)] = ignore_index
             if l < len(levels_expanded):
                 labels[levels_expanded[l]] = qt.MIXED
             parent = torch.full_like(labels, -1) if l == 0 else expanded_from[l].repeat_interleave(4)
@@ -134,7 +152,7 @@ def build_tree(levels_coords, levels_logits, levels_expanded, expanded_from, dep
             levels.append(qt.QuadtreeLevel(torch.zeros(0, 3, dtype=torch.int32, device=device),
                                            torch.zeros(0, dtype=torch.long, device=device),
                                            torch.zeros(0, dtype=torch.long, device=device)))
-    return qt.Quadtree(tuple(levels), depth, batch_size, tuple(image_size), batched=True)
+    return qt.Quadtree(tuple(levels), depth, batch_size, tuple(image_size), ignore_index, batched=True)
 
 
 @torch.no_grad()
@@ -161,7 +179,7 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
     padded = _pad(images, model.config.depth)
     model.check_images(padded)
     depth, num_classes, mixed = model.config.depth, model.config.num_classes, model.mixed_class
-    rule = expansion_rule(mixed, threshold, budget, oracle_tree)
+    rule = expansion_rule(mixed, threshold, budget, oracle_tree, depth, (height, width))
     with count_dense_conv_macs(model) as dense_macs:
         features = model.encoder(padded)
         if model.config.model == "dense":
@@ -183,7 +201,7 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
             coords.append(level_coords)
             logits.append(level_logits)
             if l < max_depth:
-                chosen = torch.nonzero(rule(l, level_logits, level_coords[:, 0].long())).flatten()
+                chosen = torch.nonzero(rule(l, level_logits, level_coords)).flatten()
                 expanded.append(chosen)
                 expanded_from.append(chosen)
                 level_coords = qt.child_coords(level_coords[chosen])
@@ -191,7 +209,7 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
     else:
         with count_dense_conv_macs(model) as root_macs:  # the dense root conv and head
             outputs = model.decode_levels(
-                padded, features, lambda l, lg, geometry: rule(l, lg, geometry.coords[:, 0].long()), max_depth)
+                padded, features, lambda l, lg, geometry: rule(l, lg, geometry.coords), max_depth)
         for l, out in enumerate(outputs):
             coords.append(out.geometry.coords)
             logits.append(out.logits)
@@ -200,15 +218,17 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
                 expanded_from.append(outputs[l + 1].expanded_from)
         nodes = [out.geometry.num_sites for out in outputs] + [0] * (depth - max_depth)
         macs = dense_macs[0] + root_macs[0] + sum(n * level.macs_per_node() for n, level in zip(nodes[1:], model.levels))
-    tree = build_tree(coords, logits, expanded, expanded_from, depth, images.shape[0], (height, width), num_classes)
+    tree = build_tree(coords, logits, expanded, expanded_from, depth, images.shape[0], (height, width), num_classes,
+                      model.config.ignore_index)
     labels = qt.decode(tree, dtype=torch.int64)
     return Prediction(labels, tree, nodes, macs, _elapsed(start, device))
 
 
 def _pad(images: torch.Tensor, depth: int) -> torch.Tensor:
+    """(B, C, H, W) padded at the bottom/right to multiples of 2**depth with copies of the last row and column."""
     cell = 1 << depth
     h, w = images.shape[2:]
-    return F.pad(images, (0, -w % cell, 0, -h % cell)) if (h % cell or w % cell) else images
+    return F.pad(images, (0, -w % cell, 0, -h % cell), mode="replicate") if (h % cell or w % cell) else images
 
 
 def _elapsed(start: float, device: torch.device) -> float:

@@ -2,11 +2,15 @@
 
 import os as _os
 
-# PyTorch's OpenMP worker threads spin while they wait; beside spconv's serial kernels or another process they take
-# the cores (two trainings at once ran 6-10x slower each instead of 2x). OpenMP reads its wait policy when torch
-# loads it, so the policy is set here, before this package imports torch, unless the user chose one. The other
-# packages import quadtree first for this (README, "CPU threads and backends").
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# PyTorch's OpenMP worker threads spin while they wait (libgomp: 300,000 rounds, ~3 ms); beside another process or
+# spconv's serial kernels they take the cores (two trainings at once ran 6-10x slower each instead of 2x). OpenMP
+# reads its settings when torch loads it, so they are set here, before this package imports torch, unless the user
+# set either: PASSIVE (sleep when idle, for every OpenMP runtime) with a short spin of 3,000 rounds first (~30 us,
+# libgomp only), measured as the best trade-off in benchmarks/results/backends_wait_policy.md. The other packages
+# import quadtree first for this (README, "CPU threads and backends").
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    _os.environ["GOMP_SPINCOUNT"] = "3000"
 
 from quadtree.decode import decode, dense_level
 from quadtree.encode import encode

@@ -143,3 +143,28 @@ def test_bench_passes_its_arguments_to_the_benchmark_script(capsys):
         main(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_precision_flags_of_eval_infer_and_train(tmp_path, tiny_checkpoint, capsys):
+    from PIL import Image
+
+    from qgn.precision import tf32_enabled
+    from training.trainer import load_checkpoint
+
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--limit", "1", "--max-depth", "3", "--amp", "bf16",
+                 "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())[0]["amp"] == "bf16"
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(tiny_checkpoint), "--amp", "bf16",
+                 "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "a_labels.png").is_file()
+    assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(tiny_checkpoint), "--amp", "fp16",
+                 "--device", "cpu", "--out", str(tmp_path / "o2")]) == 2
+    assert "use 'bf16' on CPU" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--limit", "1", "--max-depth", "0", "--tf32"]) == 0
+    assert not tf32_enabled()  # --tf32 holds for the command only (tests run with TF32 off)
+    assert main(["train", "--data", "synthetic:4,size=32", "--num-classes", "6", "--depth", "3", "--crop", "32",
+                 "--epochs", "1", "--batch-size", "2", "--amp", "bf16", "--deterministic", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    train = load_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]
+    assert (train["amp"], train["deterministic"], train["tf32"]) == ("bf16", True, False)

@@ -65,7 +65,7 @@ def item(ds, stem):
 
 def test_folder_reads_every_image_kind(folder):
     root, images = folder
-    ds = build_dataset(f"folder:{root}", "train", num_classes=3, normalize=NONE)
+    ds = build_dataset(f"folder:{root}", "train", num_classes=3, normalize=NONE, val_fraction=0)
     assert isinstance(ds, LabelledImages) and len(ds) == 5
     for index in range(len(ds)):
         image, mask = ds[index]
@@ -177,7 +177,7 @@ def test_size_mismatch_and_rgb_masks(folder):
     root, _ = folder
     write_mask(root / "masks" / "gray8.png", np.zeros((10, 16)))
     save_png(root / "masks" / "rgb8.png", np.zeros((12, 16, 3), np.uint8))
-    ds = build_dataset(f"folder:{root}", num_classes=3)
+    ds = build_dataset(f"folder:{root}", num_classes=3, val_fraction=0)
     with pytest.raises(ValueError) as error:
         validate_dataset(ds)
     message = str(error.value)
@@ -190,7 +190,7 @@ def test_size_mismatch_and_rgb_masks(folder):
 
 def test_validate_counts_pixels(folder):
     root, _ = folder
-    ds = build_dataset(f"folder:{root}", num_classes=3)
+    ds = build_dataset(f"folder:{root}", num_classes=3, val_fraction=0)
     summary = validate_dataset(ds)
     masks = np.stack([np.array(Image.open(m)) for _, m in ds.pairs])
     assert summary["num_samples"] == 5
@@ -203,7 +203,7 @@ def test_spec_errors(tmp_path):
         build_dataset("coco:/data")
     with pytest.raises(ValueError, match="needs a path"):
         build_dataset("folder:")
-    with pytest.raises(ValueError, match="need num_classes"):
+    with pytest.raises(ValueError, match="need the number of classes: pass --num-classes"):
         build_dataset(f"folder:{tmp_path}")
     with pytest.raises(ValueError, match="valid splits"):
         build_dataset("synthetic", "training")
@@ -329,7 +329,7 @@ def test_real_16bit_microscopy_image_with_percentile_scaling(tmp_path, nuclei):
     assert image.dtype == np.uint16
     save_png(tmp_path / "images" / "nuclei.png", image)
     write_mask(tmp_path / "masks" / "nuclei.png", (instances > 0).astype(np.uint8))
-    ds = build_dataset(f"folder:{tmp_path}", num_classes=2, in_channels=1,
+    ds = build_dataset(f"folder:{tmp_path}", num_classes=2, in_channels=1, val_fraction=0,
                        normalize=NormalizeConfig(mode="percentile", percentiles=(1.0, 99.8)))
     assert validate_dataset(ds)["class_pixels"][1] == int((instances > 0).sum())
     scaled, mask = ds[0]

@@ -109,10 +109,13 @@ def test_depth_k_equals_the_mask_coarsened_by_the_tree_rule(masks, k):
     qt.check_structure(prediction.tree)
 
 
-def test_a_threshold_above_one_expands_nothing(masks):
-    prediction = stand_in(masks).predict(torch.zeros(2, 3, 24, 32), threshold=1.5)
-    assert prediction.nodes_per_level[1:] == [0] * DEPTH
+def test_a_threshold_of_one_expands_only_certain_nodes_and_above_one_is_refused(masks):
+    prediction = stand_in(masks).predict(torch.zeros(2, 3, 24, 32), threshold=1.0)
+    assert prediction.nodes_per_level[1:] == [0] * DEPTH  # the stand-in is never certain
     assert np.array_equal(prediction.labels.numpy(), coarsened(masks, 0))  # root labels at stride 2**depth
+    for bad in (1.5, -0.1, True):
+        with pytest.raises(ValueError, match="probability of MIXED in 0..1"):
+            stand_in(masks).predict(torch.zeros(2, 3, 24, 32), threshold=bad)
 
 
 def test_threshold_zero_expands_everything(masks):

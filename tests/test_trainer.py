@@ -98,7 +98,9 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, interrupt
     train(config, tmp_path / "broken", resume=True)
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "broken" / "last.pt")
-    assert resumed["progress"] == straight["progress"]
+    timing = ("seconds",)  # wall time differs between runs; everything else must not
+    assert {k: v for k, v in resumed["progress"].items() if k not in timing} == \
+        {k: v for k, v in straight["progress"].items() if k not in timing}
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
         assert not tensor.is_floating_point() or tensor.dtype == torch.float32, name
@@ -178,14 +180,21 @@ def test_crop_not_divisible_by_the_root_stride():
         DataConfig(depth=5, augment=AugmentConfig(crop=(100, 100)))
 
 
-def test_two_process_distributed_run(tmp_path):
-    """torchrun with 2 CPU processes (gloo): DDP keeps the replicas equal; rank 0 writes the files."""
-    config = tiny_run(epochs=1)
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs (nccl)")]),
+])
+def test_two_process_distributed_run(tmp_path, device):
+    """torchrun with 2 processes (gloo on CPU, nccl on 2 GPUs): DDP keeps the replicas equal; rank 0 writes the
+    files."""
+    config = tiny_run(epochs=1, device="auto" if device == "cuda" else "cpu")
     config.save(tmp_path / "config.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517" if device == "cpu" else "29518",
          "-m", "training.cli", "train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "ddp"),
          "--no-progress"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,

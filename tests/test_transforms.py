@@ -50,7 +50,7 @@ def test_constant_image_percentile_is_finite():
 
 
 def test_normalisation_errors():
-    with pytest.raises(ValueError, match="valid modes: fixed, percentile, none"):
+    with pytest.raises(ValueError, match="valid modes: auto, fixed, percentile, none"):
         NormalizeConfig(mode="zscore")
     with pytest.raises(ValueError, match="percentiles"):
         NormalizeConfig(percentiles=(99, 1))

@@ -39,6 +39,7 @@ class TrainConfig:
     log_every: int = 10  # steps between log lines
     val_every: int = 1  # epochs between validations (the last epoch always validates)
     progress: bool = True  # show a progress bar
+    test: bool = True  # at the end, evaluate last.pt and best.pt on the test split when the data has a labelled one
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:

@@ -27,6 +27,9 @@ scans every mask (and the image headers) up front so such errors come before any
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +39,7 @@ import torch
 from PIL import Image
 
 from training.synthetic import PRESETS, SyntheticConfig, SyntheticScenes
+from qgn.normalize import resolve_auto
 from training.transforms import Augment, AugmentConfig, NormalizeConfig, check_crop, normalize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -69,6 +73,22 @@ def read_image(path: Path) -> np.ndarray:
     are converted to RGB / L.
     """
     path = Path(path)
+    try:
+        array = _read_pixels(path)
+    except (OSError, ValueError, SyntaxError, RuntimeError) as error:  # what Pillow and tifffile raise on bad files
+        raise ValueError(f"cannot read {path} as an image ({type(error).__name__}: {error}); check that it is a "
+                         f"complete PNG, JPEG or TIFF file") from error
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[-1] > 4 or 0 in array.shape:
+        raise ValueError(f"cannot read {path} as an image: array of shape {array.shape}; expected (H, W) or "
+                         f"(H, W, C) with C <= 4 and H, W >= 1")
+    if array.dtype.byteorder not in ("=", "|"):
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+
+
+def _read_pixels(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
@@ -87,14 +107,7 @@ def read_image(path: Path) -> np.ndarray:
             elif mode not in ("L", "RGB", "I", "I;16", "I;16B", "I;16L", "F"):
                 img = img.convert("RGB")
             array = np.asarray(img)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[-1] > 4:
-        raise ValueError(f"cannot read {path} as an image: array of shape {array.shape}; expected (H, W) or "
-                         f"(H, W, C) with C <= 4")
-    if array.dtype.byteorder not in ("=", "|"):
-        array = array.astype(array.dtype.newbyteorder("="))
-    return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+    return array
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -215,11 +228,14 @@ class LabelledImages(torch.utils.data.Dataset):
             )
         return mapped.astype(np.int64)
 
+    def raw_image(self, index: int) -> np.ndarray:
+        """The image of sample `index` as stored (in_channels, H, W), before normalisation."""
+        path = self.pairs[index][0]
+        return match_channels(read_image(path), self.in_channels, path)
+
     def load_image(self, index: int) -> np.ndarray:
         """Normalised image float32 (in_channels, H, W) of sample `index`."""
-        path = self.pairs[index][0]
-        image = match_channels(read_image(path), self.in_channels, path)
-        return normalize_image(image, self.normalize)
+        return normalize_image(self.raw_image(index), self.normalize)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         mask = self.load_mask(index)
@@ -291,11 +307,42 @@ def _require_dir(path: Path, layout: str) -> None:
         raise ValueError(f"data folder {path} does not exist or is not a directory; expected layout: {layout}")
 
 
-def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of a `folder:` data set (layout in the module docstring)."""
+def folder_pairs(root: Path, split: str, val_fraction: float = 0.1) -> tuple[list[tuple[Path, Path]], str]:
+    """(image, mask) pairs of a `folder:` data set (layout in the module docstring), and a note on the split used.
+
+    With split folders (PATH/train, PATH/val, PATH/test), `split` must be one of them. Without, the folder is one
+    pool: "val" is a deterministic held-out subset of ceil(val_fraction * N) images (chosen by a hash of each file
+    name, so it does not depend on the listing order), "train" the rest, and "test" does not exist.
+    """
     root = Path(root)
-    if (root / split / "images").is_dir():
-        root = root / split
+    split_dirs = [name for name in SPLITS if (root / name / "images").is_dir()]
+    if split_dirs:
+        if split not in split_dirs:
+            raise ValueError(f"data folder {root} has split folders {', '.join(split_dirs)} but no {split}/ "
+                             f"(expected {root / split / 'images'} and {root / split / 'masks'}); use one of the "
+                             f"existing splits")
+        return _folder_files(root / split), f"{split} split: {root / split}"
+    pairs = _folder_files(root)
+    if split == "test":
+        raise ValueError(f"data folder {root} has no split folders, so it has no test split; put the test images in "
+                         f"{root / 'test' / 'images'} and {root / 'test' / 'masks'} (and the rest in train/, val/)")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        return pairs, f"all {len(pairs)} images of {root} (no split folders, val_fraction 0: validation = training)"
+    if len(pairs) < 2:
+        raise ValueError(f"data folder {root} holds {len(pairs)} image(s) and no split folders: at least 2 are needed "
+                         f"to hold out a validation image (or pass --val-fraction 0 to validate on the training image)")
+    held = max(1, math.ceil(val_fraction * len(pairs)))
+    order = sorted(range(len(pairs)), key=lambda i: hashlib.sha256(pairs[i][0].name.encode()).hexdigest())
+    chosen = set(order[:held])
+    subset = [pair for i, pair in enumerate(pairs) if (i in chosen) == (split == "val")]
+    note = (f"{len(subset)} of {len(pairs)} images of {root} (no split folders: {held} held out for validation by "
+            f"val_fraction {val_fraction:g}, the rest for training)")
+    return subset, note
+
+
+def _folder_files(root: Path) -> list[tuple[Path, Path]]:
     layout = f"{root}/images/<name>.<png|jpg|tif> with {root}/masks/<name>.png (or {root}/<split>/images, masks)"
     _require_dir(root / "images", layout)
     _require_dir(root / "masks", layout)
@@ -403,7 +450,7 @@ def parse_synthetic_options(options: str) -> dict:
     return overrides
 
 
-def _build_synthetic(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+def _build_synthetic(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
     overrides = parse_synthetic_options(arg or "")
     if num_classes is not None:
         if "num_classes" in overrides and overrides["num_classes"] != num_classes:
@@ -423,31 +470,34 @@ def _fixed_classes(name: str, expected: int, num_classes: int | None) -> int:
     return expected
 
 
-def _build_folder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+def _build_folder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, val_fraction=0.1):
     if num_classes is None:
-        raise ValueError("folder data sets need num_classes (labels 0..num_classes-1, 255 = ignore)")
+        raise ValueError("folder data sets need the number of classes: pass --num-classes C (labels 0..C-1 in the "
+                         "masks, 255 = ignore), or data.num_classes in the config file")
     if not 1 <= num_classes <= 255:
         raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
-    return LabelledImages(folder_pairs(Path(arg), split), num_classes, identity_lut(num_classes, ignore_index),
-                          normalize=normalize, in_channels=in_channels, transform=transform,
-                          ignore_index=ignore_index, name="folder")
+    pairs, note = folder_pairs(Path(arg), split, val_fraction)
+    dataset = LabelledImages(pairs, num_classes, identity_lut(num_classes, ignore_index), normalize=normalize,
+                             in_channels=in_channels, transform=transform, ignore_index=ignore_index, name="folder")
+    dataset.split_note = note
+    return dataset
 
 
-def _build_cityscapes(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+def _build_cityscapes(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
     num_classes = _fixed_classes("Cityscapes", 19, num_classes)
     return LabelledImages(cityscapes_pairs(Path(arg), split), num_classes, cityscapes_lut(ignore_index),
                           normalize=normalize, in_channels=in_channels, transform=transform,
                           ignore_index=ignore_index, class_names=CITYSCAPES_CLASSES, name="cityscapes")
 
 
-def _build_ade20k(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+def _build_ade20k(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
     num_classes = _fixed_classes("ADE20K", 150, num_classes)
     return LabelledImages(ade20k_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
                           normalize=normalize, in_channels=in_channels, transform=transform,
                           ignore_index=ignore_index, name="ade20k")
 
 
-def _build_sunrgbd(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform):
+def _build_sunrgbd(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
     num_classes = _fixed_classes("SUN-RGBD", 37, num_classes)
     return LabelledImages(sunrgbd_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
                           normalize=normalize, in_channels=in_channels, transform=transform,
@@ -465,8 +515,8 @@ DATASETS: dict[str, Callable] = {
 
 
 def build_dataset(spec: str, split: str = "train", num_classes: int | None = None, *, ignore_index: int = 255,
-                  normalize: NormalizeConfig | None = None, in_channels: int = 3,
-                  transform=None) -> torch.utils.data.Dataset:
+                  normalize: NormalizeConfig | None = None, in_channels: int = 3, transform=None,
+                  label_map: dict[int, int] | None = None, val_fraction: float = 0.1) -> torch.utils.data.Dataset:
     """A data set from a spec string (see the module docstring).
 
     Args:
@@ -477,6 +527,9 @@ def build_dataset(spec: str, split: str = "train", num_classes: int | None = Non
         normalize: intensity normalisation; None = NormalizeConfig() (fixed, ImageNet mean/std).
         in_channels: channels of the returned images (grayscale files are replicated).
         transform: optional callable (image, mask) -> (image, mask), e.g. Augment.
+        label_map: raw mask value -> class (or the ignore index), applied before the data set's own mapping; e.g.
+            {255: 1} for binary masks saved as 0/255 (file data sets only).
+        val_fraction: share of a `folder:` data set without split folders held out as its "val" split.
     Returns:
         a Dataset of (image float32 (in_channels, H, W), mask int64 (H, W)) with attributes num_classes,
         ignore_index and class_names.
@@ -489,8 +542,38 @@ def build_dataset(spec: str, split: str = "train", num_classes: int | None = Non
                          f"(e.g. synthetic, synthetic:street,64, folder:/data/cells, cityscapes:/data/cityscapes)")
     if scheme != "synthetic" and not arg:
         raise ValueError(f"data set spec {spec!r} needs a path: {scheme}:PATH")
-    return DATASETS[scheme](arg, split, num_classes, ignore_index=ignore_index, normalize=normalize,
-                            in_channels=in_channels, transform=transform)
+    dataset = DATASETS[scheme](arg, split, num_classes, ignore_index=ignore_index, normalize=normalize,
+                               in_channels=in_channels, transform=transform, val_fraction=val_fraction)
+    if label_map:
+        if not isinstance(dataset, LabelledImages):
+            raise ValueError(f"label_map applies to the mask files of file data sets, not to {scheme!r}")
+        dataset.lut = apply_label_map(dataset.lut, label_map, dataset.num_classes, ignore_index)
+    return dataset
+
+
+def apply_label_map(lut: np.ndarray, label_map: dict[int, int], num_classes: int, ignore_index: int) -> np.ndarray:
+    """A copy of `lut` (raw value -> class) where each raw value of `label_map` maps to its class instead."""
+    lut = lut.copy()
+    for raw, target in label_map.items():
+        raw, target = int(raw), int(target)
+        if not 0 <= raw <= 255:
+            raise ValueError(f"label_map: raw mask values are 0..255, got {raw}")
+        if not (0 <= target < num_classes or target == ignore_index):
+            raise ValueError(f"label_map: {raw} -> {target} is neither a class 0..{num_classes - 1} nor the ignore "
+                             f"index {ignore_index}")
+        lut[raw] = target
+    return lut
+
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """"255:1,128:2" -> {255: 1, 128: 2} (the CLI's --label-map)."""
+    mapping = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        raw, sep, target = item.partition(":")
+        if not sep or not raw.strip().isdigit() or not target.strip().isdigit():
+            raise ValueError(f"--label-map takes RAW:CLASS pairs separated by commas (e.g. 255:1), got {item!r}")
+        mapping[int(raw)] = int(target)
+    return mapping
 
 
 def validate_dataset(dataset, max_errors: int = 10) -> dict:
@@ -547,29 +630,78 @@ class DataConfig:
     ignore_index: int = 255  # label of unsupervised pixels
     depth: int = 5  # quadtree depth: crops must be multiples of 2**depth
     in_channels: int = 3  # image channels given to the model (grayscale files are replicated)
-    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    normalize: NormalizeConfig = field(default_factory=lambda: NormalizeConfig(mode="auto"))  # "auto": resolved
+    #                                 from the training images when training starts (qgn.normalize.resolve_auto)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # applied to the training split only
     validate: bool = True  # scan every mask of both splits before training (see validate_dataset)
+    label_map: dict[int, int] = field(default_factory=dict)  # raw mask value -> class, e.g. {255: 1} for 0/255 masks
+    val_fraction: float = 0.1  # folder: without split folders: share held out (deterministically) for validation
 
     def __post_init__(self):
         self.augment.crop = check_crop(self.augment.crop, self.depth)
 
 
-def datasets_from_config(cfg: DataConfig, generator: torch.Generator | None = None, augment: bool = True):
+def datasets_from_config(cfg: DataConfig, generator: torch.Generator | None = None, augment: bool = True,
+                         pretrained_encoder: bool = False):
     """(train, val) data sets of `cfg`; the training set is augmented (unless `augment` is False, for callers
-    that apply `cfg.augment` themselves); both are validated when cfg.validate.
+    that apply `cfg.augment` themselves); both are validated when cfg.validate, and the training masks' classes
+    checked (`check_classes`). The training set's `data_report` holds what the checks found (or None).
+    A normalisation "auto" is resolved here from the training images (`qgn.normalize.resolve_auto`; ImageNet's
+    statistics for a `pretrained_encoder`) and written back into `cfg.normalize`, which both data sets use.
 
     Raises:
-        ValueError: any bad spec, crop, folder, file or label, before any training step.
+        ValueError: any bad spec, crop, folder, file or label, or masks with fewer than two classes, before any
+            training step.
     """
-    train = build_dataset(cfg.dataset, "train", cfg.num_classes, ignore_index=cfg.ignore_index,
-                          normalize=cfg.normalize, in_channels=cfg.in_channels,
-                          transform=Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator) if augment else None)
-    val = build_dataset(cfg.val_dataset or cfg.dataset, "val", cfg.num_classes, ignore_index=cfg.ignore_index,
-                        normalize=cfg.normalize, in_channels=cfg.in_channels)
+    def build(spec, split, transform=None):
+        return build_dataset(spec, split, cfg.num_classes, ignore_index=cfg.ignore_index, normalize=cfg.normalize,
+                             in_channels=cfg.in_channels, transform=transform, label_map=cfg.label_map,
+                             val_fraction=cfg.val_fraction)
+
+    train = build(cfg.dataset, "train",
+                  Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator) if augment else None)
+    val = build(cfg.val_dataset or cfg.dataset, "val")
     if val.num_classes != train.num_classes:
         raise ValueError(f"training set has {train.num_classes} classes but validation set has {val.num_classes}")
+    if cfg.normalize.mode == "auto":
+        sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), 64)).round().astype(int))
+        cfg.normalize = resolve_auto(cfg.normalize, (train.raw_image(int(i)) for i in sample), pretrained_encoder)
+        train.normalize = val.normalize = cfg.normalize
+    train.data_report = None
     if cfg.validate:
-        validate_dataset(train)
+        stats = validate_dataset(train)
         validate_dataset(val)
+        train.data_report = check_classes(stats, train.num_classes, cfg.ignore_index,
+                                          getattr(train, "class_names", None))
     return train, val
+
+
+def check_classes(stats: dict, num_classes: int, ignore_index: int, class_names=None) -> dict | None:
+    """What the training masks hold: ValueError when fewer than two classes remain besides the ignore label (e.g.
+    0/255 binary masks, where 255 is the ignore label); a warning naming classes that never occur.
+
+    Args:
+        stats: `validate_dataset`'s result.
+    Returns:
+        {"class_pixels": [...], "ignore_fraction": float, "missing_classes": [...]}, or None when the data set
+        reports no pixel counts (synthetic scenes, valid by construction).
+    """
+    pixels = np.asarray(stats["class_pixels"])
+    total = int(pixels.sum()) + stats["ignore_pixels"]
+    if total == 0:
+        return None
+    present = [int(c) for c in np.flatnonzero(pixels)]
+    ignore_fraction = stats["ignore_pixels"] / total
+    if len(present) < 2:
+        held = f"only class {present[0]}" if present else "no class at all"
+        raise ValueError(
+            f"the training masks hold {held} besides the ignore label {ignore_index} ({100 * ignore_fraction:.1f}% "
+            f"of the pixels are {ignore_index}, which is never supervised); a segmentation needs at least two "
+            f"classes. If {ignore_index} marks a class (binary masks saved as 0/255 are common), map it to one: "
+            f"--label-map {ignore_index}:1 (data.label_map: {{{ignore_index}: 1}} in a config file)")
+    missing = [c for c in range(num_classes) if pixels[c] == 0]
+    if missing:
+        named = ", ".join(f"{c} ({class_names[c]})" if class_names else str(c) for c in missing)
+        warnings.warn(f"classes {named} never occur in the training masks: the model cannot learn them "
+                      f"(check num_classes and the label values)", stacklevel=2)
+    return {"class_pixels": pixels.tolist(), "ignore_fraction": ignore_fraction, "missing_classes": missing}

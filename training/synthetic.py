@@ -614,6 +614,10 @@ class SyntheticScenes(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.config.num_images
 
+    def raw_image(self, index: int) -> np.ndarray:
+        """The scene's image before normalisation: float32 (C, H, W) in [0, 1]."""
+        return self.render(index)[0]
+
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw scene: float32 (C, H, W) image in [0, 1] and uint8 (H, W) mask."""
         if not 0 <= index < len(self):

@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,15 +30,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from qgn import QGN, QGNConfig
+from qgn.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_model, save_checkpoint  # noqa: F401
 from qgn.precision import autocast, check_amp, fp32_math, grad_scaler
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
-from training.datasets import datasets_from_config
+from training.datasets import build_dataset, datasets_from_config
 from training.loss import QuadtreeLoss
 from training.metrics import ConfusionMatrix
 from training.transforms import Augment, augment
-
-CHECKPOINT_VERSION = 1
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -109,40 +111,15 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by `train`; ValueError when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable checkpoint ({error})") from error
-    if not isinstance(state, dict) or state.get("format") != "qgn-checkpoint":
-        raise ValueError(f"{path} is not a qgn checkpoint (written by `qgn train`)")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {state.get('version')}; this engine reads {CHECKPOINT_VERSION}")
-    return state
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> QGN:
-    """The model of a checkpoint, in eval mode on `device`."""
-    state = load_checkpoint(path)
-    model = QGN(QGNConfig.from_dict(state["config"]["model"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+def strict_json(value):
+    """`value` with every non-finite float replaced by None: log.jsonl stays strict JSON (no bare NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def rng_states(device: torch.device) -> dict:
@@ -190,12 +167,51 @@ class Progress:
     step: int = 0  # optimizer steps done in all
     batch_in_epoch: int = 0  # batches of the current epoch done
     best_miou: float = -1.0
+    best_epoch: int = -1  # epoch (0-based) of best.pt
+    last_miou: float | None = None  # the last validation's mIoU
+    seconds: float = 0.0  # wall time spent training (and validating) so far, over every resume
+    finished: bool = False  # the run reached its last epoch or max_steps
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a run: `checkpoint` is the file written at the last finished step (None: nothing written)."""
+
+    def __init__(self, checkpoint: Path | None, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.checkpoint, self.step = checkpoint, step
+
+
+class GracefulStop:
+    """While active (main thread only): the first SIGINT (Ctrl-C) asks the run to stop after the current step, so
+    that the checkpoint holds a finished step; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once, without "
+              "saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progress: Progress, total_steps: int,
                     device: torch.device, log: Callable[[dict], None], on_step: Callable[[Progress], None] | None = None,
-                    bar=None, scaler: torch.amp.GradScaler | None = None) -> None:
-    """One pass over `loader` (from `progress.batch_in_epoch` on), updating `progress` after every step.
+                    bar=None, scaler: torch.amp.GradScaler | None = None,
+                    on_step_start: Callable[[], None] | None = None) -> None:
+    """One pass over `loader` (from `progress.batch_in_epoch` on), updating `progress` after every step;
+    `on_step_start` is called when a step begins (its batch is loaded), `on_step` when it has ended.
 
     The forward pass and the loss run under `cfg.amp`'s autocast; `scaler` (`qgn.precision.grad_scaler`; None: no
     loss scaling) scales the loss for fp16 and skips steps whose gradients overflowed.
@@ -210,6 +226,8 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
     for images, masks, tree in loader:
         if cfg.max_steps is not None and progress.step >= cfg.max_steps:
             break
+        if on_step_start is not None:
+            on_step_start()
         images, masks, tree = images.to(device), masks.to(device), tree.to(device)
         lr = cfg.lr * lr_factor(progress.step, total_steps, cfg)
         for group in optimizer.param_groups:
@@ -309,7 +327,9 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
 
     # Data first: every data problem surfaces before any training step.
     dcfg = config.data
-    train_base, val_set = datasets_from_config(dcfg, augment=False)  # augmented below, seeded per sample
+    pretrained = config.model.encoder != "resnet" and config.model.pretrained
+    train_base, val_set = datasets_from_config(dcfg, augment=False, pretrained_encoder=pretrained)  # augmented
+    #                                          below, seeded per sample; dcfg.normalize "auto" is resolved there
     if train_base.num_classes != config.model.num_classes:
         raise ValueError(f"the data has {train_base.num_classes} classes but the model {config.model.num_classes}; "
                          f"set --num-classes to the data's count")
@@ -339,6 +359,9 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
         if state.get("scaler"):  # empty when the run was written without fp16 loss scaling
             scaler.load_state_dict(state["scaler"])
         progress = Progress(**state["progress"])
+        # more epochs or steps than the run had asked for continue it
+        progress.finished = progress.epoch >= tcfg.epochs or (tcfg.max_steps is not None and
+                                                              progress.step >= tcfg.max_steps)
         restore_rng_states(state["rng"], device)
     elif main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,7 +381,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
     def log(record: dict) -> None:
         if main_process:
             with open(out_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
     def checkpoint(path: Path) -> None:
         if main_process:
@@ -369,49 +392,101 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
                 "progress": vars(progress).copy(), "rng": rng_states(device),
             })
 
+    stop = GracefulStop()
+    at_boundary = [True]  # False while a step is under way: its partial state must not be checkpointed
+
+    def step_start() -> None:
+        at_boundary[0] = False
+
     def after_step(p: Progress) -> None:
+        at_boundary[0] = True
         if tcfg.checkpoint_every and p.step % tcfg.checkpoint_every == 0:
             checkpoint(last_path)
         if on_step is not None:
             on_step(p)
+        requested = torch.tensor([float(stop.requested)], device=device if distributed else "cpu")
+        if distributed:  # every rank stops at the same step, or DDP would wait forever
+            dist.all_reduce(requested)
+        if float(requested) > 0:
+            raise KeyboardInterrupt
 
     bar = None
-    if main_process and tcfg.progress:
+    if main_process and tcfg.progress and not progress.finished:
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=progress.step, desc="train", unit="step", dynamic_ncols=True)
-    summary: dict = {}
+    started = time.perf_counter()
+    seconds_before = progress.seconds
+
+    def clock() -> None:
+        progress.seconds = seconds_before + time.perf_counter() - started
+
     try:
-        while progress.epoch < tcfg.epochs and (tcfg.max_steps is None or progress.step < tcfg.max_steps):
-            train_set.set_epoch(progress.epoch)
-            sampler.set_epoch(progress.epoch, skip_samples=progress.batch_in_epoch * tcfg.batch_size)
-            train_one_epoch(train_model, criterion, loader, optimizer, tcfg, progress, total_steps, device, log,
-                            after_step, bar, scaler)
-            finished = tcfg.max_steps is not None and progress.step >= tcfg.max_steps
-            epoch_done = progress.batch_in_epoch >= steps_per_epoch or not finished  # the loader ran out
-            epoch = progress.epoch
-            if epoch_done:
-                progress.epoch, progress.batch_in_epoch = epoch + 1, 0
-            if (epoch + 1) % tcfg.val_every == 0 or epoch + 1 >= tcfg.epochs or finished:
-                summary = evaluate(model, val_loader, config.model.num_classes, device,
-                                   ignore_index=dcfg.ignore_index, class_names=getattr(val_set, "class_names", None),
-                                   amp=tcfg.amp)
-                log({"epoch": epoch, "step": progress.step, "val": summary})
-                if bar is not None:
-                    bar.write(f"epoch {epoch + 1}/{tcfg.epochs}: val mIoU {summary['miou']:.4f}, "
-                              f"pixel accuracy {summary['pixel_accuracy']:.4f}")
-                if summary["miou"] > progress.best_miou:
-                    progress.best_miou = summary["miou"]
-                    checkpoint(best_path)
+        with stop:
+            while not progress.finished:
+                train_set.set_epoch(progress.epoch)
+                sampler.set_epoch(progress.epoch, skip_samples=progress.batch_in_epoch * tcfg.batch_size)
+                train_one_epoch(train_model, criterion, loader, optimizer, tcfg, progress, total_steps, device, log,
+                                after_step, bar, scaler, step_start)
+                out_of_steps = tcfg.max_steps is not None and progress.step >= tcfg.max_steps
+                epoch_done = progress.batch_in_epoch >= steps_per_epoch or not out_of_steps  # the loader ran out
+                epoch = progress.epoch
+                if epoch_done:
+                    progress.epoch, progress.batch_in_epoch = epoch + 1, 0
+                progress.finished = out_of_steps or progress.epoch >= tcfg.epochs
+                if (epoch + 1) % tcfg.val_every == 0 or progress.finished:
+                    summary = evaluate(model, val_loader, config.model.num_classes, device,
+                                       ignore_index=dcfg.ignore_index,
+                                       class_names=getattr(val_set, "class_names", None), amp=tcfg.amp)
+                    progress.last_miou = summary["miou"]
+                    log({"epoch": epoch, "step": progress.step, "val": summary})
+                    if bar is not None:
+                        bar.write(f"epoch {epoch + 1}/{tcfg.epochs}: val mIoU {summary['miou']:.4f}, "
+                                  f"pixel accuracy {summary['pixel_accuracy']:.4f}")
+                    if summary["miou"] > progress.best_miou:
+                        progress.best_miou, progress.best_epoch = summary["miou"], epoch
+                        clock()
+                        checkpoint(best_path)
+                clock()
+                checkpoint(last_path)
+    except KeyboardInterrupt as interrupt:
+        saved = None
+        if at_boundary[0]:  # a finished step: keep the work done; --resume continues from here
+            clock()
             checkpoint(last_path)
-            if finished:
-                break
-    except KeyboardInterrupt:
-        checkpoint(last_path)  # keep the work done; --resume continues from here
-        raise
+            saved = last_path
+        raise TrainingInterrupted(saved, progress.step) from interrupt
     finally:
         if bar is not None:
             bar.close()
         if distributed:
             dist.barrier()
-    return summary
+    result = {"miou": progress.last_miou, "best_miou": progress.best_miou, "best_epoch": progress.best_epoch,
+              "step": progress.step, "seconds": progress.seconds, **{k: v for k, v in summary.items() if k != "miou"}}
+    test_set = test_split(dcfg, len(val_set)) if tcfg.test else None
+    if test_set is not None:
+        test_loader = DataLoader(test_set, batch_size=1, collate_fn=collate, num_workers=tcfg.num_workers,
+                                 sampler=EpochOrder(len(test_set), 0, rank, world_size, shuffle=False, pad=False))
+        result["test"] = {}
+        for name, path in (("last", last_path), ("best", best_path)):  # written by rank 0 before the barrier
+            weights = load_checkpoint(path)["model"] if path.is_file() else model.state_dict()
+            model.load_state_dict(weights)
+            result["test"][name] = evaluate(model, test_loader, config.model.num_classes, device,
+                                            ignore_index=dcfg.ignore_index,
+                                            class_names=getattr(test_set, "class_names", None), amp=tcfg.amp)
+        log({"test": result["test"], "test_images": len(test_set)})
+    return result
+
+
+def test_split(dcfg, val_size: int):
+    """The labelled "test" split of the validation data's spec, or None when it has none (a folder without
+    split folders, Cityscapes whose test labels are withheld, ...)."""
+    spec = dcfg.val_dataset or dcfg.dataset
+    if spec.partition(":")[0] in ("cityscapes", "ade20k", "sunrgbd"):  # withheld labels, or "val" reads it already
+        return None
+    try:
+        return build_dataset(spec, "test", dcfg.num_classes, ignore_index=dcfg.ignore_index,
+                             normalize=dcfg.normalize, in_channels=dcfg.in_channels, label_map=dcfg.label_map,
+                             val_fraction=dcfg.val_fraction)
+    except (ValueError, FileNotFoundError):
+        return None

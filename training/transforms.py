@@ -1,9 +1,7 @@
-"""Image intensity normalisation and joint image/mask augmentation (random scale, crop, horizontal flip).
-
-Normalisation turns a raw image array (uint8, uint16, int32 or float; (C, H, W)) into float32. Augmentation works
-on torch tensors, image float (C, H, W) and mask int64 (H, W), and keeps them pixel-aligned: the image is resized
-bilinearly and the mask with "nearest-exact" (both sample at pixel centres), the crop window and the flip are
-shared. Crops must be multiples of 2**depth so that every crop is a whole forest of quadtrees.
+"""Joint image/mask augmentation (random scale, crop, horizontal flip); normalisation lives in qgn.normalize
+(re-exported here). Augmentation works on torch tensors, image float (C, H, W) and mask int64 (H, W), and keeps
+them pixel-aligned: the image is resized bilinearly and the mask with "nearest-exact" (both sample at pixel
+centres), the crop window and the flip are shared. Crops must be multiples of 2**depth so that every crop is a whole forest of quadtrees.
 """
 
 from __future__ import annotations
@@ -14,99 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-GRAY_MEAN = (0.449,)  # mean of the ImageNet channel means / stds, used for 1-channel images
-GRAY_STD = (0.226,)
-
-
-@dataclass
-class NormalizeConfig:
-    mode: str = "fixed"  # "fixed": (x / dtype_max - mean) / std; "percentile": per-image, per-channel
-    #                      (x - p_low) / (p_high - p_low) (microscopy); "none": x / dtype_max
-    mean: tuple[float, ...] | None = None  # "fixed": per-channel mean (or one value for all channels);
-    #                                        None = ImageNet for 3 channels, 0.449 otherwise
-    std: tuple[float, ...] | None = None  # "fixed": per-channel std; None = ImageNet for 3 channels, 0.226 otherwise
-    percentiles: tuple[float, float] = (1.0, 99.8)  # "percentile": low and high percentiles of each channel
-    clip: bool = False  # "percentile": clip the result to [0, 1]
-
-    def __post_init__(self):
-        if self.mode not in NORMALIZERS:
-            raise ValueError(f"unknown normalisation mode {self.mode!r}; valid modes: {', '.join(NORMALIZERS)}")
-        low, high = self.percentiles
-        if not 0 <= low < high <= 100:
-            raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles}")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be > 0, got {self.std}")
-
-
-def intensity_scale(dtype: np.dtype) -> float:
-    """Value that maps to 1.0 for a raw image dtype: 255 for uint8, 65535 for uint16 and for int32 (Pillow's
-    mode "I" holds 16-bit PNGs), the dtype maximum for other unsigned ints, 1 for floats and bools."""
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_ or np.issubdtype(dtype, np.floating):
-        return 1.0
-    if dtype in (np.dtype(np.int32), np.dtype(np.int64)):
-        return 65535.0
-    if np.issubdtype(dtype, np.integer):
-        return float(np.iinfo(dtype).max)
-    raise ValueError(f"images must hold integer, float or bool values, got dtype {dtype}")
-
-
-def _channel_stats(values: tuple[float, ...] | None, default3, default1, channels: int, name: str) -> np.ndarray:
-    if values is None:
-        values = default3 if channels == 3 else default1
-    values = tuple(values)
-    if len(values) == 1:
-        values = values * channels
-    if len(values) != channels:
-        raise ValueError(f"normalisation {name} has {len(values)} values but the image has {channels} channels; "
-                         f"give one value per channel or a single value")
-    return np.asarray(values, dtype=np.float32)[:, None, None]
-
-
-def _normalize_fixed(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    channels = image.shape[0]
-    mean = _channel_stats(cfg.mean, IMAGENET_MEAN, GRAY_MEAN, channels, "mean")
-    std = _channel_stats(cfg.std, IMAGENET_STD, GRAY_STD, channels, "std")
-    out = image.astype(np.float32) * np.float32(1 / intensity_scale(image.dtype))
-    out -= mean
-    out /= std
-    return out
-
-
-def _normalize_percentile(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    out = image.astype(np.float32)
-    flat = out.reshape(out.shape[0], -1)
-    low, high = np.percentile(flat, cfg.percentiles, axis=1)  # (C,) each; exact on 16-bit values
-    scale = 1.0 / np.maximum(high - low, 1e-6)
-    out -= low.astype(np.float32)[:, None, None]
-    out *= scale.astype(np.float32)[:, None, None]
-    if cfg.clip:
-        np.clip(out, 0, 1, out=out)
-    return out
-
-
-def _normalize_none(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    return image.astype(np.float32) * np.float32(1 / intensity_scale(image.dtype))
-
-
-NORMALIZERS = {"fixed": _normalize_fixed, "percentile": _normalize_percentile, "none": _normalize_none}
-
-
-def normalize_image(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    """Normalise a raw image.
-
-    Args:
-        image: (C, H, W) array of any integer/float dtype (uint8 or uint16 from image files).
-        cfg: the NormalizeConfig.
-    Returns:
-        float32 (C, H, W), C-contiguous.
-    """
-    if image.ndim != 3:
-        raise ValueError(f"normalize_image expects a (C, H, W) array, got shape {image.shape}")
-    return np.ascontiguousarray(NORMALIZERS[cfg.mode](image, cfg), dtype=np.float32)
-
+from qgn.normalize import (  # noqa: F401  (re-exported)
+    GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, NORMALIZERS, NormalizeConfig, intensity_scale, normalize_image,
+)
 
 # ---- augmentation --------------------------------------------------------------------------------------------
 
