@@ -60,7 +60,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 NUCLEI = ROOT.parent / "shared" / "data" / "nuclei_dsb2018.npz"
 MODELS = ("qgn", "dense", "smp_unet")
 MODES = ("inference", "train")
@@ -528,7 +527,9 @@ def verdicts(records: list[dict]) -> tuple[str, list[dict]]:
             get("dense", "train"), get("smp_unet", "inference")
 
         def ratio(a, b, field):
-            if a is None or b is None or b[field] <= 0:
+            # memory growth below 1 MB is below what RSS measures reliably: no ratio rather than a huge one
+            floor = 1.0 if field == "peak_memory_mb" else 0.0
+            if a is None or b is None or b[field] <= floor:
                 return None
             return a[field] / b[field]
 
@@ -594,6 +595,8 @@ its target is within noise.
 ### Ratios at full depth (higher = QGN cheaper; targets: inference memory >= 4x, train memory >= 3x, latency > 1x)
 
 {verdict_table}
+
+"-": not measured, or a memory growth below 1 MB (below what peak RSS resolves; no ratio is computed from it).
 
 ### Trees used (active fraction per level)
 
@@ -806,21 +809,30 @@ def parse_args(argv):
                         help="OMP_WAIT_POLICY of the workers (default: the environment's, else the library's "
                              "PASSIVE)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
-    parser.add_argument("--json", default=str(RESULTS / "bench_qgn.json"))
-    parser.add_argument("--markdown", default=str(RESULTS / "bench_qgn.md"))
-    parser.add_argument("--plot", default=str(RESULTS / "bench_qgn.png"))
+    parser.add_argument("--json", help="output file (default OUT/bench_qgn.json)")
+    parser.add_argument("--markdown", help="output file (default OUT/bench_qgn.md)")
+    parser.add_argument("--plot", help="output file (default OUT/bench_qgn.png)")
+    parser.add_argument("--out", default="runs/bench", metavar="OUT",
+                        help="folder of the outputs (default runs/bench; the committed figures README shows are in "
+                             "benchmarks/results and change only when you pass --out benchmarks/results)")
     parser.add_argument("--quick", action="store_true", help="128x256 and 256x512, one timed run: a smoke test")
     parser.add_argument("--sweep-density", action="store_true", help="also run the boundary-density sweep")
     parser.add_argument("--sweep-sizes", default="512x1024", help="sizes of the density sweep")
     parser.add_argument("--skip-suite", action="store_true", help="run only the density sweep")
-    parser.add_argument("--sweep-json", default=str(RESULTS / "density_sweep.json"))
-    parser.add_argument("--sweep-markdown", default=str(RESULTS / "density_sweep.md"))
-    parser.add_argument("--sweep-plot", default=str(RESULTS / "density_sweep.png"))
+    parser.add_argument("--sweep-json", help="output file (default OUT/density_sweep.json)")
+    parser.add_argument("--sweep-markdown", help="output file (default OUT/density_sweep.md)")
+    parser.add_argument("--sweep-plot", help="output file (default OUT/density_sweep.png)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: rewrite the markdown and plots from the existing --json (and, with "
                              "--sweep-density, --sweep-json) records")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    for name, stem in (("json", "bench_qgn.json"), ("markdown", "bench_qgn.md"), ("plot", "bench_qgn.png"),
+                       ("sweep_json", "density_sweep.json"), ("sweep_markdown", "density_sweep.md"),
+                       ("sweep_plot", "density_sweep.png")):
+        if getattr(args, name) is None:
+            setattr(args, name, str(out / stem))
     if args.quick:
         if "--sizes" not in argv:
             args.sizes = "128x256,256x512"

@@ -25,8 +25,11 @@ def as_label_tensor(mask, ignore_index: int = 255, name: str = "mask") -> torch.
     """
     if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool) or not 0 <= ignore_index <= 255:
         raise ValueError(f"ignore_index must be an integer in 0..255, got {ignore_index!r}")
+    if getattr(mask, "dtype", None) in (np.bool_, torch.bool):
+        raise ValueError(f"{name} is a boolean array; a label mask holds integer classes: convert it explicitly, e.g. "
+                         f"mask.astype(np.uint8) (numpy) or mask.to(torch.uint8) (torch) for classes 0 and 1")
     if isinstance(mask, np.ndarray):
-        if mask.dtype == np.bool_ or not np.issubdtype(mask.dtype, np.integer):
+        if not np.issubdtype(mask.dtype, np.integer):
             raise ValueError(
                 f"{name} must hold integer labels, got dtype {mask.dtype}; convert it explicitly, e.g. "
                 f"mask.astype(np.uint8) for a binary mask (check that float values are whole numbers first)"
@@ -37,10 +40,10 @@ def as_label_tensor(mask, ignore_index: int = 255, name: str = "mask") -> torch.
             mask = mask.astype(np.int64)
         tensor = torch.from_numpy(np.ascontiguousarray(mask))
     elif isinstance(mask, torch.Tensor):
-        if mask.dtype == torch.bool or mask.is_floating_point() or mask.is_complex():
+        if mask.is_floating_point() or mask.is_complex():
             raise ValueError(
                 f"{name} must hold integer labels, got dtype {mask.dtype}; convert it explicitly, e.g. "
-                f"mask.to(torch.uint8) for a binary mask"
+                f"mask.round().to(torch.uint8) once you checked that the values are whole class numbers"
             )
         if mask.dtype == torch.uint64:
             raise ValueError(f"{name} has dtype uint64; use mask.to(torch.int64)")
@@ -61,9 +64,12 @@ def as_label_tensor(mask, ignore_index: int = 255, name: str = "mask") -> torch.
         bad = (tensor > MAX_LABEL) & (tensor != ignore_index)
         if bool(bad.any()):
             values = torch.unique(tensor[bad])[:10].tolist()
+            hint = ("; if that value marks unlabelled pixels, pass it as ignore_index (--ignore-index)"
+                    if len(values) == 1 and values[0] <= 255 else "")
             raise ValueError(
                 f"{name} holds labels above {MAX_LABEL} that are not the ignore index {ignore_index}: {values}; "
-                f"remap them (e.g. instance ids to classes) or pass the matching ignore_index"
+                f"classes are 0..{MAX_LABEL} and the ignore index one value in 0..255: remap them first (e.g. instance "
+                f"ids to classes with a lookup table or mask > 0){hint}"
             )
     return tensor
 

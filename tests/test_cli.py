@@ -168,3 +168,70 @@ def test_precision_flags_of_eval_infer_and_train(tmp_path, tiny_checkpoint, caps
                  "--out", str(tmp_path / "run")]) == 0
     train = load_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]
     assert (train["amp"], train["deterministic"], train["tf32"]) == ("bf16", True, False)
+
+
+def test_outputs_never_overwrite_each_other_or_a_file(tmp_path, capsys):
+    for folder in ("a", "b"):
+        qt.write_mask(tmp_path / folder / "m.png", np.zeros((8, 8), np.uint8))
+    assert main(["encode", str(tmp_path / "a" / "m.png"), str(tmp_path / "b" / "m.png"), "--depth", "2",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "share the name 'm'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("x")
+    assert main(["encode", str(tmp_path / "a" / "m.png"), "--depth", "2", "--out", str(tmp_path / "file")]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+
+
+def test_infer_reports_unreadable_images(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name in ("broken.png", "empty.png"):
+        assert main(["infer", str(tmp_path / name), "--checkpoint", str(tiny_checkpoint), "--out",
+                     str(tmp_path / "out")]) == 2
+        assert f"cannot read {tmp_path / name} as an image" in capsys.readouterr().err
+
+
+def test_version_help_defaults_and_a_closed_pipe():
+    done = subprocess.run([sys.executable, "-m", "training.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("qgn 0.")
+    text = subprocess.run([sys.executable, "-m", "training.cli", "train", "--help"], capture_output=True,
+                          text=True).stdout
+    assert "(default 10)" in text and "(default 0.002)" in text and "(default auto)" in text
+    piped = subprocess.run(f"{sys.executable} -m training.cli stats {EXAMPLE} --depth 5 --json | head -1",
+                           shell=True, capture_output=True, text=True)
+    assert piped.stdout.strip() == "[" and "Traceback" not in piped.stderr and "Error" not in piped.stderr
+
+
+def test_flags_override_the_config_file_and_depth_mismatches_are_explained(tmp_path, capsys):
+    import yaml
+
+    from training.cli import build_parser, run_config_from_args
+
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump({"data": {"dataset": "synthetic:4,size=32"}}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "f.yaml"), "--num-classes", "2",
+                                      "--out", str(tmp_path / "r")])
+    config = run_config_from_args(args)
+    assert config.model.num_classes == config.data.num_classes == 2
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"model": {"encoder_channels": [8, 12, 16, 24],
+                                                                "decoder_channels": [8] * 6}}))
+    assert main(["train", "--config", str(tmp_path / "g.yaml"), "--depth", "4", "--out", str(tmp_path / "r")]) == 2
+    assert "remove encoder_channels and decoder_channels from the file" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_training_with_one_line_naming_the_checkpoint_and_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--data", "synthetic:64,size=64",
+                                "--depth", "3", "--crop", "32", "--epochs", "50", "--no-progress", "--out", str(run)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "log.jsonl").exists() and '"step"' in (run / "log.jsonl").read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: saved {run / 'last.pt'} at step ") and last.endswith(
+        f"continue with: qgn train --out {run} --resume")
+    assert "Traceback" not in err

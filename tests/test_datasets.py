@@ -339,3 +339,59 @@ def test_real_16bit_microscopy_image_with_percentile_scaling(tmp_path, nuclei):
     assert float((scaled > 1).float().mean()) == pytest.approx(0.002, abs=0.002)
     # nuclei are brighter than the background after scaling
     assert scaled[0][mask == 1].mean() > scaled[0][mask == 0].mean() + 0.2
+
+
+def test_a_folder_without_splits_holds_out_a_deterministic_validation_subset(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        save_png(tmp_path / "images" / f"img{i:02d}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+        write_mask(tmp_path / "masks" / f"img{i:02d}.png", rng.integers(0, 2, (8, 8)).astype(np.uint8))
+    train = build_dataset(f"folder:{tmp_path}", "train", num_classes=2)
+    val = build_dataset(f"folder:{tmp_path}", "val", num_classes=2)
+    assert len(val) == 2 and len(train) == 10  # ceil(0.1 * 12)
+    assert not {p for p, _ in train.pairs} & {p for p, _ in val.pairs}
+    assert "held out for validation" in val.split_note
+    assert build_dataset(f"folder:{tmp_path}", "val", num_classes=2).pairs == val.pairs
+    assert len(build_dataset(f"folder:{tmp_path}", "val", num_classes=2, val_fraction=0.5)) == 6
+    with pytest.raises(ValueError, match="no split folders, so it has no test split"):
+        build_dataset(f"folder:{tmp_path}", "test", num_classes=2)
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has split folders train but no val/"):
+        build_dataset(f"folder:{tmp_path}", "val", num_classes=2)
+
+
+def binary_folder(root, values=(0, 255)):
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        save_png(root / "images" / f"{name}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+        write_mask(root / "masks" / f"{name}.png", rng.choice(values, (8, 8)).astype(np.uint8))
+
+
+def test_masks_with_one_class_besides_ignore_are_refused_with_the_label_map_fix(tmp_path):
+    binary_folder(tmp_path)
+    cfg = DataConfig(dataset=f"folder:{tmp_path}", num_classes=2, depth=2, val_fraction=0.34)
+    with pytest.raises(ValueError, match=r"only class 0 besides the ignore label 255.*--label-map 255:1"):
+        datasets_from_config(cfg)
+    cfg = DataConfig(dataset=f"folder:{tmp_path}", num_classes=2, depth=2, val_fraction=0.34, label_map={255: 1})
+    train, _ = datasets_from_config(cfg)
+    assert train.data_report["ignore_fraction"] == 0 and train.data_report["missing_classes"] == []
+    assert set(torch.unique(train[0][1]).tolist()) <= {0, 1}
+    with pytest.warns(UserWarning, match=r"classes 2 never occur"):
+        datasets_from_config(DataConfig(dataset=f"folder:{tmp_path}", num_classes=3, depth=2, val_fraction=0.34,
+                                        label_map={255: 1}))
+    with pytest.raises(ValueError, match="neither a class"):
+        build_dataset(f"folder:{tmp_path}", num_classes=2, label_map={255: 7})
+
+
+def test_auto_normalisation_is_resolved_from_the_training_images(tmp_path, nuclei):
+    """16-bit microscopy using ~2% of its range: 'auto' standardises with the training set's own statistics."""
+    image = nuclei["image"]
+    for name, rows in (("top", slice(0, 256)), ("bottom", slice(256, 512))):
+        save_png(tmp_path / "images" / f"{name}.png", image[rows])
+        write_mask(tmp_path / "masks" / f"{name}.png", (nuclei["instances"][rows] > 0).astype(np.uint8))
+    cfg = DataConfig(dataset=f"folder:{tmp_path}", num_classes=2, depth=3, in_channels=1, val_fraction=0.5)
+    assert cfg.normalize.mode == "auto"
+    train, val = datasets_from_config(cfg)
+    assert cfg.normalize.mode == "fixed" and train.normalize is cfg.normalize and val.normalize is cfg.normalize
+    pixels = train[0][0]
+    assert abs(float(pixels.mean())) < 0.5 and 0.5 < float(pixels.std()) < 2  # standardised, not near-constant

@@ -197,3 +197,26 @@ def test_evaluation_streams_its_samples_and_rejects_an_empty_set(masks):
     assert evaluate_settings(model, samples, [Setting()], "cpu")[0]["images"] == 2
     with pytest.raises(ValueError, match="empty"):
         evaluate_settings(model, [], [Setting()], "cpu")
+
+
+def test_padding_costs_what_encode_gives_it_and_is_replicated():
+    """13x21 images at depth 3 (padded to 16x24): with every node of the image expanded (threshold 0), the
+    predicted tree has exactly the nodes `encode` gives an all-boundary mask of that size - nodes wholly in the
+    padding are ignore leaves, never expanded - and the network sees the last row and column repeated."""
+    model = small_model()
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    images = torch.randn(2, 3, 13, 21)
+    prediction = model.predict(images, threshold=0.0)
+    checker = (np.indices((13, 21)).sum(0) % 2).astype(np.uint8)
+    expected = qt.encode(np.stack([checker, checker]), DEPTH)
+    assert prediction.nodes_per_level == [level.num_nodes for level in expected.levels]
+    for got, want in zip(prediction.tree.levels, expected.levels):
+        assert torch.equal(got.coords, want.coords)
+        outside = want.labels == 255
+        assert bool((got.labels[outside] == 255).all()) and not bool((got.labels[~outside] == 255).any())
+    padded = seen[0]
+    assert padded.shape[2:] == (16, 24)
+    assert torch.equal(padded[:, :, 13:, :21], images[:, :, 12:13, :].expand(-1, -1, 3, -1))
+    assert torch.equal(padded[:, :, :13, 21:], images[:, :, :, 20:21].expand(-1, -1, -1, 3))
+    assert prediction.labels.shape == (2, 13, 21)

@@ -136,9 +136,9 @@ def test_real_nuclei_masks(nuclei):
     "mask, depth, message",
     [
         (np.zeros((8, 8), np.float32), 2, "integer labels"),
-        (np.zeros((8, 8), bool), 2, "integer labels"),
+        (np.zeros((8, 8), bool), 2, "boolean array"),
         (torch.zeros(8, 8), 2, "integer labels"),
-        (torch.zeros(8, 8, dtype=torch.bool), 2, "integer labels"),
+        (torch.zeros(8, 8, dtype=torch.bool), 2, "boolean array"),
         (np.full((8, 8), -1, np.int64), 2, "negative"),
         (np.full((8, 8), 300, np.int64), 2, "above 254"),
         (np.zeros((8,), np.uint8), 2, "shape"),

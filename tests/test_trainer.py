@@ -1,4 +1,6 @@
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from training.config import RunConfig, TrainConfig
 from training.datasets import DataConfig, build_dataset
 from training.loss import QuadtreeLoss
 from training.metrics import ConfusionMatrix
-from training.trainer import Progress, load_checkpoint, load_model, train, train_one_epoch
+from training.trainer import Progress, TrainingInterrupted, load_checkpoint, load_model, train, train_one_epoch
 from training.transforms import AugmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +111,31 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, interrupt
     assert bool(resumed["scaler"]) == (amp == "fp16")
 
 
+def test_ctrl_c_mid_step_finishes_the_step_and_resumes_bitwise(tmp_path, monkeypatch):
+    """A real SIGINT during a forward pass (after BatchNorm updated its running statistics): the step finishes,
+    last.pt holds it, and the resumed run equals an uninterrupted one in every weight and buffer."""
+    config = tiny_run(epochs=3)
+    train(config, tmp_path / "straight")
+    calls, forward = [0], QuadtreeLoss.forward
+
+    def interrupted_forward(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 6:  # the loss of step 6: its forward pass has run
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(QuadtreeLoss, "forward", interrupted_forward)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config, tmp_path / "broken")
+    assert stopped.value.step == 6 and stopped.value.checkpoint == tmp_path / "broken" / "last.pt"
+    monkeypatch.undo()
+    train(config, tmp_path / "broken", resume=True)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "broken" / "last.pt")["model"]
+    for name, tensor in straight.items():  # num_batches_tracked and running statistics included
+        assert torch.equal(tensor, resumed[name]), name
+
+
 def test_fp16_on_cpu_and_unknown_precisions_are_refused_before_any_step(tmp_path):
     with pytest.raises(ValueError, match="use 'bf16' on CPU"):
         train(tiny_run(device="cpu", amp="fp16"), tmp_path / "run")
@@ -159,11 +186,15 @@ def write_folder(root: Path, labels: list[np.ndarray], drop_mask_of: int | None 
     ("labels", "not in 0..5|num_classes|labels"),
     ("empty", "empty|no image"),
     ("no_mask", "without"),
+    ("binary_0_255", "--label-map 255:1"),
 ])
 def test_bad_data_fails_before_any_training_step(tmp_path, problem, message):
     labels = [np.zeros((32, 32), np.uint8) for _ in range(2)]
     if problem == "labels":
         labels[1][3, 3] = 9  # >= num_classes = 6
+    if problem == "binary_0_255":
+        for label in labels:
+            label[8:20, 8:20] = 255  # foreground saved as 255, the ignore label
     folder = tmp_path / "data"
     if problem == "empty":
         (folder / "images").mkdir(parents=True)
@@ -189,6 +220,7 @@ def test_two_process_distributed_run(tmp_path, device):
     """torchrun with 2 processes (gloo on CPU, nccl on 2 GPUs): DDP keeps the replicas equal; rank 0 writes the
     files."""
     config = tiny_run(epochs=1, device="auto" if device == "cuda" else "cpu")
+    config.loss.adaptive = True  # every rank must weight the levels alike (their losses are all-reduced)
     config.save(tmp_path / "config.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
@@ -203,3 +235,21 @@ def test_two_process_distributed_run(tmp_path, device):
     state = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert state["progress"]["step"] == 2  # 8 images / (2 processes x batch 2)
     assert "done:" in result.stdout
+
+
+def test_the_run_reports_last_best_and_test_and_logs_strict_json(tmp_path):
+    config = tiny_run(epochs=2)
+    result = train(config, tmp_path / "run")
+    assert result["step"] == 8 and result["best_epoch"] in (0, 1) and 0 <= result["miou"] <= 1
+    assert {"last", "best"} == set(result["test"]) and 0 <= result["test"]["best"]["miou"] <= 1  # synthetic test split
+
+    def no_nan(value):
+        raise ValueError(f"bare {value} in log.jsonl")
+
+    records = [json.loads(line, parse_constant=no_nan) for line in (tmp_path / "run" / "log.jsonl").read_text()
+               .splitlines()]
+    assert any("test" in r for r in records)
+    saved = RunConfig.load(tmp_path / "run" / "config.yaml").data.normalize
+    assert saved.mode == "fixed" and len(saved.mean) == 3  # "auto" resolved from the training images, stored
+    again = train(config, tmp_path / "run", resume=True)  # already finished: nothing to train, same figures
+    assert again["step"] == 8 and again["miou"] == result["miou"]

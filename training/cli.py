@@ -246,9 +246,13 @@ def cmd_infer(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from training.demo import DemoConfig, run_demo
+    from training.trainer import TrainingInterrupted
 
-    cfg = DemoConfig(steps=args.steps)
-    report = run_demo(args.out, cfg)
+    try:
+        report = run_demo(args.out, DemoConfig(steps=args.steps))
+    except TrainingInterrupted as stop:
+        print(interrupted_line(stop, f"qgn demo --out {args.out}"), file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"report: {report.resolve()}")
 
 

@@ -109,25 +109,50 @@ def format_table(records: list[dict]) -> str:
 
 
 def plot_accuracy_vs_cost(records: list[dict], path, title: str = "") -> None:
-    """PNG: mIoU against GMACs and against peak memory, one point per setting (labelled)."""
+    """PNG: mIoU against GMACs and against peak memory. One labelled series per kind of setting: each model's
+    depth sweep (points "d0".."dD"), its threshold sweep ("t=0.1"...), and every other setting on its own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    def kind(r):
+        if r.get("threshold") is not None:
+            return "threshold"
+        if r.get("budget") is not None:
+            return "budget"
+        return "depth"
+
+    def point_label(r):
+        if kind(r) == "threshold":
+            return f"t={r['threshold']:g}"
+        if kind(r) == "budget":
+            return f"b={r['budget']}"
+        return f"d{r['max_depth']}" if r.get("max_depth") is not None else "full"
+
+    series: dict[str, list[dict]] = {}
+    for r in records:
+        name = r["model"] if r["model"] != "qgn" else f"qgn, {kind(r)} sweep"
+        series.setdefault(name, []).append(r)
+    styles = {"qgn, depth sweep": ("o-", "tab:orange"), "qgn, threshold sweep": ("^--", "tab:green"),
+              "qgn, budget sweep": ("v:", "tab:purple"), "dense": ("s", "tab:blue")}
+    offsets = {"qgn, depth sweep": (6, -10), "qgn, threshold sweep": (-8, 6), "qgn, budget sweep": (6, 6)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, key, xlabel in ((axes[0], "macs", "GMACs per image"), (axes[1], "peak_memory_mb", "peak memory (MiB)")):
-        for model in sorted({r["model"] for r in records}):
-            rows = [r for r in records if r["model"] == model]
+        for name, rows in series.items():
+            rows = sorted(rows, key=lambda r: r[key])
             xs = [r[key] / (1e9 if key == "macs" else 1) for r in rows]
-            ax.plot(xs, [r["miou"] for r in rows], "o-" if model == "qgn" else "s--", label=model)
+            style, colour = styles.get(name, ("D", None))
+            label = "dense twin (full depth)" if name == "dense" else name
+            ax.plot(xs, [r["miou"] for r in rows], style, color=colour, label=label, markersize=6)
+            dx, dy = offsets.get(name, (6, 4))
             for x, r in zip(xs, rows):
-                ax.annotate(r["setting"].replace("full depth, ", "").replace("depth ", "d"), (x, r["miou"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(point_label(r) if name != "dense" else "dense", (x, r["miou"]), fontsize=7, color=colour,
+                            xytext=(dx, dy), textcoords="offset points", ha="left" if dx > 0 else "right")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mIoU")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -2,7 +2,8 @@
 
 Targets of level l are the node labels with MIXED mapped to class index C (the last logit); ignore leaves are
 not supervised. Levels are weighted geometrically, w_l = s ** (depth - l) (s = 1: QGN's Cityscapes setting), or
-adaptively: w_l = running average of L_l / L_full (momentum 0.99, detached), QGN's negative-s option.
+adaptively: w_l = running average of L_l / L_full (momentum 0.99, detached), QGN's negative-s option; under DDP the
+ratios are those of the level losses summed over the ranks, so every rank weights the levels alike.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -97,10 +99,12 @@ class QuadtreeLoss(nn.Module):
                 full_logits.float(), masks.long(), weight=self.class_weights[: self.num_classes].to(full_logits.device),
                 ignore_index=self.ignore_index)
         if self.config.adaptive and self.training:
-            full = losses[f"loss_l{self.depth}"].detach()
-            if float(full) > 0:
-                current = torch.stack([losses[f"loss_l{l}"].detach() for l in range(self.depth)]) / full
-                self.ratios.mul_(self.config.momentum).add_((1 - self.config.momentum) * current)
+            # level losses summed over the DDP ranks first, so that every rank keeps the same ratios
+            level = torch.stack([losses[f"loss_l{l}"].detach().float() for l in range(self.depth + 1)])
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(level)
+            if float(level[-1]) > 0:
+                self.ratios.mul_(self.config.momentum).add_((1 - self.config.momentum) * level[:-1] / level[-1])
         weights = self.level_weights()
         losses["loss"] = sum(w * losses[f"loss_l{l}"] for l, w in enumerate(weights))
         return losses

@@ -306,8 +306,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     (gloo on CPU, nccl on CUDA); rank 0 writes the files. TF32 and deterministic algorithms are set as
     `config.train` says for the run and restored after it.
     """
-    with fp32_math(config.train.tf32), deterministic_algorithms(config.train.deterministic):
-        return _train(config, out_dir, resume, on_step)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    owns_group = distributed and not (dist.is_available() and dist.is_initialized())
+    try:
+        with fp32_math(config.train.tf32), deterministic_algorithms(config.train.deterministic):
+            return _train(config, out_dir, resume, on_step)
+    finally:
+        if owns_group and dist.is_initialized():  # a process group left alive aborts the process at exit
+            dist.destroy_process_group()
 
 
 def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dict:
@@ -410,6 +416,23 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
         if float(requested) > 0:
             raise KeyboardInterrupt
 
+    if not resume:  # what the data checks found and the normalisation chosen: in the log, and said once
+        report = train_base.data_report or {}
+        data_record = {"train_images": len(train_base), "val_images": len(val_set),
+                       "split": getattr(val_set, "split_note", None), "normalize": vars(dcfg.normalize),
+                       **report}
+        log({"data": data_record})
+        if main_process:
+            parts = [f"{len(train_base)} training and {len(val_set)} validation images"]
+            if data_record["split"]:
+                parts.append(f"validation: {data_record['split']}")
+            if report:
+                parts.append(f"{100 * report['ignore_fraction']:.1f}% of the training pixels are ignored")
+            mode = dcfg.normalize
+            parts.append(f"normalisation {mode.mode}" + (f" (mean {[round(m, 4) for m in mode.mean]}, std "
+                                                         f"{[round(v, 4) for v in mode.std]})" if mode.mean else ""))
+            print("data: " + "; ".join(parts), file=sys.stderr)
+
     bar = None
     if main_process and tcfg.progress and not progress.finished:
         from tqdm import tqdm
@@ -417,6 +440,8 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
         bar = tqdm(total=total_steps, initial=progress.step, desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     seconds_before = progress.seconds
+    last_validated = None  # the epoch of this session's last validation
+    summary: dict = {}
 
     def clock() -> None:
         progress.seconds = seconds_before + time.perf_counter() - started
@@ -438,7 +463,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
                     summary = evaluate(model, val_loader, config.model.num_classes, device,
                                        ignore_index=dcfg.ignore_index,
                                        class_names=getattr(val_set, "class_names", None), amp=tcfg.amp)
-                    progress.last_miou = summary["miou"]
+                    progress.last_miou, last_validated = summary["miou"], epoch
                     log({"epoch": epoch, "step": progress.step, "val": summary})
                     if bar is not None:
                         bar.write(f"epoch {epoch + 1}/{tcfg.epochs}: val mIoU {summary['miou']:.4f}, "
@@ -469,6 +494,9 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
                                  sampler=EpochOrder(len(test_set), 0, rank, world_size, shuffle=False, pad=False))
         result["test"] = {}
         for name, path in (("last", last_path), ("best", best_path)):  # written by rank 0 before the barrier
+            if name == "best" and progress.best_epoch == last_validated:  # the last validation was the best
+                result["test"]["best"] = result["test"]["last"]
+                continue
             weights = load_checkpoint(path)["model"] if path.is_file() else model.state_dict()
             model.load_state_dict(weights)
             result["test"][name] = evaluate(model, test_loader, config.model.num_classes, device,

@@ -50,12 +50,16 @@ def display_image(image: torch.Tensor) -> np.ndarray:
     return (np.clip((array - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def quadtree_overlay(image_rgb: np.ndarray, tree: qt.Quadtree, labels=None, alpha: float = 0.45) -> np.ndarray:
-    """The image (H, W, 3) uint8 tinted by the label colours, with the borders of every leaf cell drawn.
+def quadtree_overlay(image_rgb: np.ndarray, tree: qt.Quadtree, labels=None, alpha: float = 0.45,
+                     border_alpha: float = 0.5, min_outlined: int = 4) -> np.ndarray:
+    """The image (H, W, 3) uint8 tinted by the label colours, with the borders of the leaf cells drawn faintly.
 
     Args:
         tree: a single-image Quadtree (batch 1) of the image's size.
         labels: optional (H, W) labels to tint with; default the tree's own decoded labels.
+        border_alpha: opacity of the white cell borders.
+        min_outlined: leaves smaller than this many pixels per side are not outlined (at full depth the 1- and
+            2-pixel leaves along every boundary would otherwise paint the boundaries white).
     Returns:
         uint8 (H, W, 3).
     """
@@ -68,20 +72,25 @@ def quadtree_overlay(image_rgb: np.ndarray, tree: qt.Quadtree, labels=None, alph
     colours = label_palette()[labels.reshape(height, width)]
     out = (image_rgb * (1 - alpha) + colours * alpha).astype(np.uint8)
     # Leaf cells: a pixel is on a cell border when its leaf cell differs from its right or lower neighbour's.
-    cell_id = leaf_ids(tree)[0, :height, :width].numpy()
+    cell_id = leaf_ids(tree, min_outlined)[0, :height, :width].numpy()
     border = np.zeros((height, width), bool)
     border[:, :-1] |= cell_id[:, :-1] != cell_id[:, 1:]
     border[:-1, :] |= cell_id[:-1, :] != cell_id[1:, :]
-    out[border] = (255, 255, 255)
+    border &= cell_id >= 0
+    out[border] = (out[border] * (1 - border_alpha) + 255 * border_alpha).astype(np.uint8)
     return out
 
 
-def leaf_ids(tree: qt.Quadtree) -> torch.Tensor:
-    """int64 (B, H_pad, W_pad): a distinct number for every leaf cell, painted over the pixels it covers."""
+def leaf_ids(tree: qt.Quadtree, min_size: int = 1) -> torch.Tensor:
+    """int64 (B, H_pad, W_pad): a distinct number for every leaf cell of at least `min_size` pixels per side,
+    painted over the pixels it covers; -1 where smaller leaves lie."""
     grid, first = None, 0
     for l, level in enumerate(tree.levels):
         grid = torch.full((tree.batch_size, *tree.level_shape(0)), -1, dtype=torch.int64) if grid is None \
             else upsample2x(grid)
+        if tree.stride(l) < min_size:
+            paint_level(grid, level.coords.cpu(), torch.full((level.num_nodes,), -1))
+            continue
         leaves = (level.labels != qt.MIXED).cpu()
         count = int(leaves.sum())
         paint_level(grid, level.coords.cpu()[leaves], torch.arange(first, first + count))
@@ -95,3 +104,27 @@ def save_overlay(image: torch.Tensor, tree: qt.Quadtree, path: str | Path, label
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(quadtree_overlay(display_image(image), tree, labels)).save(path)
     return path
+
+
+def class_legend(num_classes: int, class_names=None):
+    """matplotlib legend handles: one colour patch per class (and the ignore label)."""
+    from matplotlib.patches import Patch
+
+    palette = label_palette() / 255.0
+    names = class_names or [f"class {c}" for c in range(num_classes)]
+    return [Patch(color=palette[c], label=f"{c}: {names[c]}") for c in range(num_classes)] + \
+        [Patch(color=palette[255], label="ignore / padding")]
+
+
+def error_map(image_rgb: np.ndarray, predicted: np.ndarray, truth: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """The image dimmed, with wrongly labelled pixels red (ignored pixels grey): uint8 (H, W, 3)."""
+    out = (image_rgb * 0.35 + 100).astype(np.uint8)
+    out[(predicted != truth) & (truth != ignore_index)] = (230, 20, 20)
+    out[truth == ignore_index] = (128, 128, 128)
+    return out
+
+
+def colour_labels(labels) -> np.ndarray:
+    """(H, W) labels -> uint8 (H, W, 3) palette colours."""
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    return label_palette()[labels.astype(np.int64).clip(0, 255)]
