@@ -168,8 +168,9 @@ def render_report(cfg: DemoConfig, records: list[dict], examples: list[str], run
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, Python "
         f"{platform.python_version()}, torch {torch.__version__}; 1-minute load average {load[0]:.2f} before "
-        f"training and {load[1]:.2f} after the evaluation (above the CPU count, other jobs shared the machine and "
-        f"the times are longer than on a quiet one).",
+        f"training and {load[1]:.2f} after the evaluation" + (
+            " (above the CPU count: other jobs shared the machine, so the times are longer than on a quiet one)."
+            if max(load) > (os.cpu_count() or 1) else "."),
         "",
         "QGN's depth caps the quadtree: depth k paints the predicted classes at stride 2**(5-k); a threshold t "
         "expands a node when P(MIXED) >= t (full depth). GMACs count convolutions and linear layers; latency is the "

@@ -151,6 +151,7 @@ def plot_accuracy_vs_cost(records: list[dict], path, title: str = "") -> None:
                             xytext=(dx, dy), textcoords="offset points", ha="left" if dx > 0 else "right")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mIoU")
+        ax.margins(x=0.1, y=0.06)  # room for the point labels
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     if title:
