@@ -99,12 +99,12 @@ def _channels_first(image) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu().numpy()
         layouts = {2: lambda a: a[None, None], 3: lambda a: a[None], 4: lambda a: a}
-        expected = "(H, W), (C, H, W) or (B, C, H, W) for torch tensors"
+        expected = "(H, W), (C, H, W) or (B, C, H, W) for torch tensors (channels-first)"
     elif isinstance(image, np.ndarray):
         array = image
         layouts = {2: lambda a: a[None, None], 3: lambda a: a.transpose(2, 0, 1)[None],
                    4: lambda a: a.transpose(0, 3, 1, 2)}
-        expected = "(H, W), (H, W, C) or (B, H, W, C) for numpy arrays"
+        expected = "(H, W), (H, W, C) or (B, H, W, C) for numpy arrays (channels-last, as image readers give them)"
     else:
         raise ValueError(f"images must be numpy arrays or torch tensors (or a list of them), got {type(image).__name__}")
     if array.ndim not in layouts:

@@ -235,3 +235,19 @@ def test_ctrl_c_ends_training_with_one_line_naming_the_checkpoint_and_the_resume
     assert last.startswith(f"interrupted: saved {run / 'last.pt'} at step ") and last.endswith(
         f"continue with: qgn train --out {run} --resume")
     assert "Traceback" not in err
+
+
+def test_bench_writes_where_it_is_told_and_takes_no_ratio_from_no_memory_growth(tmp_path):
+    import runpy
+
+    from training.cli import BENCH_SCRIPT
+
+    bench = runpy.run_path(str(BENCH_SCRIPT), run_name="qgn_bench")
+    args = bench["parse_args"](["--out", str(tmp_path / "b")])
+    assert args.json == str(tmp_path / "b" / "bench_qgn.json") and args.plot == str(tmp_path / "b" / "bench_qgn.png")
+    assert bench["parse_args"]([]).markdown.startswith("runs/bench")  # never the committed benchmarks/results
+    base = dict(height=128, width=256, mask="street", median_ms=10.0, median_cpu_ms=10.0)
+    records = [dict(base, model="qgn", mode="inference", depth=5, peak_memory_mb=0.0),
+               dict(base, model="dense", mode="inference", depth=None, peak_memory_mb=7.0)]
+    table, rows = bench["verdicts"](records)
+    assert rows[0]["inference_memory_ratio"] is None and "(met)" not in table.splitlines()[2].split("|")[3]

@@ -68,3 +68,20 @@ def test_empty_and_all_ignore_levels_give_zero():
 def test_labels_beyond_num_classes_are_rejected():
     with pytest.raises(ValueError, match="num_classes"):
         level_loss(torch.randn(2, 2), torch.tensor([0, 5]), 2)
+
+
+def test_adaptive_ratios_use_the_losses_of_every_ddp_rank(monkeypatch):
+    """Under DDP the level losses are summed over the ranks before the ratios move, so every rank keeps the same
+    level weights (a stand-in all_reduce adds another rank's losses)."""
+    import training.loss as loss_module
+
+    tree = qt.encode(np.array([[0, 1], [1, 1]], np.uint8), 1)
+    logits = [torch.zeros(1, 3), torch.zeros(4, 2)]
+    logits[0][0, 2] = 1.0
+    other_rank = torch.tensor([3.0, 1.0])
+    monkeypatch.setattr(loss_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(loss_module.dist, "all_reduce", lambda tensor: tensor.add_(other_rank))
+    criterion = QuadtreeLoss(2, 1, LossConfig(adaptive=True, momentum=0.5)).train()
+    losses = criterion(logits, tree)
+    summed = torch.stack([losses["loss_l0"], losses["loss_l1"]]).detach() + other_rank
+    torch.testing.assert_close(criterion.ratios, torch.tensor([0.5 + 0.5 * float(summed[0] / summed[1])]))

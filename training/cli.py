@@ -181,20 +181,19 @@ def interrupted_line(stop, resume_command: str) -> str:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
+    from qgn.predictor import load_predictor
     from training.config import RunConfig
     from training.datasets import build_dataset
     from training.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
-    from training.trainer import load_checkpoint, load_model, resolve_device
-
-    from qgn.precision import check_amp
+    from training.trainer import load_checkpoint, resolve_device
 
     device = resolve_device(args.device)
-    check_amp(args.amp, device)
-    model = load_model(args.checkpoint, device)
+    predictor = load_predictor(args.checkpoint, device, args.amp)
+    model = predictor.model
     config = RunConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
     spec = args.data or config.data.val_dataset or config.data.dataset
     dataset = build_dataset(spec, args.split, model.config.num_classes, ignore_index=config.data.ignore_index,
-                            normalize=config.data.normalize, in_channels=model.config.in_channels,
+                            normalize=predictor.normalize, in_channels=model.config.in_channels,
                             label_map=config.data.label_map, val_fraction=config.data.val_fraction)
     if getattr(dataset, "split_note", None):
         print(f"evaluating {dataset.split_note}")
