@@ -22,7 +22,6 @@ from qgn.checkpoint import load_checkpoint, model_from_state
 from qgn.model import QGN
 from qgn.normalize import NormalizeConfig, check_float_range, normalize_image
 from qgn.precision import autocast, check_amp
-from qgn.predict import Prediction
 
 
 @dataclass(eq=False)

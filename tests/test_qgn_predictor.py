@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from qgn import load_predictor
+from qgn import QGNConfig, load_predictor
 from qgn.normalize import normalize_image
 from training.config import RunConfig, TrainConfig
 from training.datasets import DataConfig
 from training.trainer import train
 from training.transforms import AugmentConfig
-from qgn import QGNConfig
 
 
 @pytest.fixture(scope="module")

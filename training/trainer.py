@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from qgn import QGN, QGNConfig
+from qgn import QGN
 from qgn.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_model, save_checkpoint  # noqa: F401
 from qgn.precision import autocast, check_amp, fp32_math, grad_scaler
 from training.collate import QuadtreeCollate
@@ -300,7 +300,13 @@ def check_checkpoint_matches(state: dict, config: RunConfig, path: Path) -> None
 
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
           on_step: Callable[[Progress], None] | None = None) -> dict:
-    """Train `config` into `out_dir` (config.yaml, last.pt, best.pt, log.jsonl); returns the last validation.
+    """Train `config` into `out_dir` (config.yaml, last.pt, best.pt, log.jsonl).
+
+    Returns:
+        {"miou": last validation mIoU, "best_miou", "best_epoch", "step", "seconds", the last validation's other
+        metrics, and "test": {"last": ..., "best": ...} when the data has a labelled test split}.
+    Raises:
+        TrainingInterrupted: Ctrl-C (after the step under way; `checkpoint` names the file written).
 
     Under torchrun (WORLD_SIZE > 1) every process trains its share of each batch with DistributedDataParallel
     (gloo on CPU, nccl on CUDA); rank 0 writes the files. TF32 and deterministic algorithms are set as
@@ -310,10 +316,15 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     owns_group = distributed and not (dist.is_available() and dist.is_initialized())
     try:
         with fp32_math(config.train.tf32), deterministic_algorithms(config.train.deterministic):
-            return _train(config, out_dir, resume, on_step)
-    finally:
-        if owns_group and dist.is_initialized():  # a process group left alive aborts the process at exit
-            dist.destroy_process_group()
+            result = _train(config, out_dir, resume, on_step)
+    except BaseException:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()  # no barrier: another rank may never arrive
+        raise
+    if owns_group and dist.is_initialized():  # a process group left alive can abort the process at its exit
+        dist.barrier()  # no rank tears its group down while another still talks to it
+        dist.destroy_process_group()
+    return result
 
 
 def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dict:
