@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import quadtree  # noqa: F401  (first, as the README tells library users: OpenMP's wait policy is set before torch loads)
 import numpy as np
 import pytest
 import torch
