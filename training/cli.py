@@ -154,8 +154,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(interrupted_line(stop, f"qgn train --out {args.out} --resume"), file=sys.stderr)
         raise SystemExit(130) from None
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: {args.out}/last.pt, best.pt, log.jsonl ({result['step']} steps, {result['seconds']:.0f} s of "
-              f"training); {format_result(result)}")
+        steps = f"{result['step']} step" + ("s" if result["step"] != 1 else "")
+        print(f"done: {args.out}/last.pt, best.pt, log.jsonl ({steps}, {result['seconds']:.1f} s of training); "
+              f"{format_result(result)}")
 
 
 def format_result(result: dict) -> str:

@@ -345,6 +345,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
     # Data first: every data problem surfaces before any training step.
     dcfg = config.data
     pretrained = config.model.encoder != "resnet" and config.model.pretrained
+    normalize_was_auto = dcfg.normalize.mode == "auto"
     train_base, val_set = datasets_from_config(dcfg, augment=False, pretrained_encoder=pretrained)  # augmented
     #                                          below, seeded per sample; dcfg.normalize "auto" is resolved there
     if train_base.num_classes != config.model.num_classes:
@@ -440,8 +441,10 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
             if report:
                 parts.append(f"{100 * report['ignore_fraction']:.1f}% of the training pixels are ignored")
             mode = dcfg.normalize
-            parts.append(f"normalisation {mode.mode}" + (f" (mean {[round(m, 4) for m in mode.mean]}, std "
-                                                         f"{[round(v, 4) for v in mode.std]})" if mode.mean else ""))
+            source = "auto: " + ("ImageNet's statistics for the pretrained encoder" if pretrained else
+                                 "the training images' own statistics") if normalize_was_auto else mode.mode
+            parts.append(f"normalisation {source}" + (f" (mean {[round(m, 4) for m in mode.mean]}, std "
+                                                      f"{[round(v, 4) for v in mode.std]})" if mode.mean else ""))
             print("data: " + "; ".join(parts), file=sys.stderr)
 
     bar = None
