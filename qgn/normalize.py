@@ -154,3 +154,17 @@ def resolve_auto(cfg: NormalizeConfig, raw_images, pretrained: bool) -> Normaliz
         return NormalizeConfig(mode="fixed")
     mean, std = dataset_statistics(raw_images)
     return NormalizeConfig(mode="fixed", mean=mean, std=std)
+
+
+def match_channels(image: np.ndarray, in_channels: int, name) -> np.ndarray:
+    """Return `image` (C, H, W) with in_channels channels: grayscale is replicated, other mismatches raise
+    (`name` says which image in the message)."""
+    channels = image.shape[0]
+    if channels == in_channels:
+        return image
+    if channels == 1:
+        return np.repeat(image, in_channels, axis=0)
+    raise ValueError(
+        f"image {name} has {channels} channels but the model expects in_channels={in_channels}; set in_channels="
+        f"{channels} (grayscale images are replicated automatically; colour images are never averaged silently)"
+    )

@@ -20,7 +20,7 @@ import torch
 
 from qgn.checkpoint import load_checkpoint, model_from_state
 from qgn.model import QGN
-from qgn.normalize import NormalizeConfig, check_float_range, normalize_image
+from qgn.normalize import NormalizeConfig, check_float_range, match_channels, normalize_image
 from qgn.precision import autocast, check_amp
 
 
@@ -33,12 +33,14 @@ class Predictor:
         normalize: the NormalizeConfig of its training data.
         device: where it runs.
         amp: precision of its predictions ("off", "fp16" on CUDA, "bf16"; see qgn.precision).
+        config: the run's config as stored in the checkpoint (sections model, data, loss, train).
     """
 
     model: QGN
     normalize: NormalizeConfig
     device: torch.device
     amp: str = "off"
+    config: dict | None = None
 
     @property
     def in_channels(self) -> int:
@@ -50,18 +52,12 @@ class Predictor:
         if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or
                                            np.issubdtype(array.dtype, np.floating)):
             raise ValueError(f"images must hold integer or float intensities, got dtype {array.dtype}")
-        if array.shape[1] != self.in_channels:
-            if array.shape[1] == 1:
-                array = np.repeat(array, self.in_channels, axis=1)
-            else:
-                raise ValueError(f"the model takes {self.in_channels}-channel images (in_channels="
-                                 f"{self.in_channels}), got {array.shape[1]} channels (image shape "
-                                 f"{tuple(np.shape(image))}; numpy images are channels-last, torch tensors "
-                                 f"channels-first); convert them (grayscale is replicated automatically)")
-        check_float_range(array, self.normalize)
         if array.shape[2] == 0 or array.shape[3] == 0:
             raise ValueError(f"the image is empty (shape {tuple(np.shape(image))})")
-        batch = np.stack([normalize_image(single, self.normalize) for single in array])
+        check_float_range(array, self.normalize)
+        name = f"of shape {tuple(np.shape(image))} (numpy images are channels-last, torch tensors channels-first)"
+        batch = np.stack([normalize_image(match_channels(single, self.in_channels, name), self.normalize)
+                          for single in array])
         return torch.from_numpy(batch).to(self.device)
 
     @torch.no_grad()
@@ -75,7 +71,12 @@ class Predictor:
         """
         if isinstance(image, (list, tuple)):
             return [self.predict(one, max_depth, threshold, budget) for one in image]
-        images = self.prepare(image)
+        return self.predict_prepared(self.prepare(image), max_depth, threshold, budget)
+
+    @torch.no_grad()
+    def predict_prepared(self, images: torch.Tensor, max_depth: int | None = None, threshold: float | None = None,
+                         budget: int | None = None):
+        """`predict` of images already through `prepare` (float32 (B, C, H, W) on the device)."""
         with autocast(self.amp, self.device):
             return self.model.predict(images, max_depth=max_depth, threshold=threshold, budget=budget)
 
@@ -90,7 +91,7 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu", amp: st
     if normalize.mode == "auto":
         raise ValueError(f"{path} stores an unresolved 'auto' normalisation (written before training started); "
                          f"use a checkpoint of a run that trained")
-    return Predictor(model_from_state(state, device), normalize, device, amp)
+    return Predictor(model_from_state(state, device), normalize, device, amp, state["config"])
 
 
 def _channels_first(image) -> np.ndarray:

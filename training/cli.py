@@ -184,18 +184,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from qgn.predictor import load_predictor
     from training.config import RunConfig
-    from training.datasets import build_dataset
+    from training.datasets import dataset_for
     from training.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
-    from training.trainer import load_checkpoint, resolve_device
+    from training.trainer import resolve_device
 
     device = resolve_device(args.device)
     predictor = load_predictor(args.checkpoint, device, args.amp)
     model = predictor.model
-    config = RunConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
+    config = RunConfig.from_dict(predictor.config)  # its data section holds the normalisation training resolved
     spec = args.data or config.data.val_dataset or config.data.dataset
-    dataset = build_dataset(spec, args.split, model.config.num_classes, ignore_index=config.data.ignore_index,
-                            normalize=predictor.normalize, in_channels=model.config.in_channels,
-                            label_map=config.data.label_map, val_fraction=config.data.val_fraction)
+    dataset = dataset_for(config.data, spec, args.split)
     if getattr(dataset, "split_note", None):
         print(f"evaluating {dataset.split_note}")
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
@@ -232,13 +230,14 @@ def cmd_infer(args: argparse.Namespace) -> None:
     knobs = dict(max_depth=args.max_depth, threshold=args.threshold, budget=args.budget)
     for index, path in enumerate(paths):
         raw = read_image(path).transpose(1, 2, 0)  # (H, W, C) as stored
+        image = predictor.prepare(raw)
         if index == 0:
-            predictor.predict(raw, **knobs)  # warm-up: one-time start-up is not this image's cost
-        prediction = predictor.predict(raw, **knobs)
+            predictor.predict_prepared(image, **knobs)  # warm-up: one-time start-up is not this image's cost
+        prediction = predictor.predict_prepared(image, **knobs)
         labels = save_label_png(prediction.labels[0], out / f"{path.stem}_labels.png")
         single = prediction.tree.split()[0].to("cpu")
         tree = qt.save(single, out / f"{path.stem}_tree.npz")
-        overlay = save_overlay(predictor.prepare(raw)[0].cpu(), single, out / f"{path.stem}_overlay.png")
+        overlay = save_overlay(image[0].cpu(), single, out / f"{path.stem}_overlay.png")
         nodes = "/".join(map(str, prediction.nodes_per_level))
         print(f"{path} -> {labels.name}, {tree.name}, {overlay.name} (nodes per level {nodes}, "
               f"{prediction.macs / 1e9:.2f} GMACs, {1e3 * prediction.seconds:.0f} ms)")

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from training.synthetic import PRESETS, SyntheticConfig, SyntheticScenes
-from qgn.normalize import resolve_auto
+from qgn.normalize import match_channels, resolve_auto
 from training.transforms import Augment, AugmentConfig, NormalizeConfig, check_crop, normalize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -134,19 +134,6 @@ def image_size(path: Path) -> tuple[int, int]:
         return int(shape[0]), int(shape[1])
     with Image.open(path) as img:
         return img.height, img.width
-
-
-def match_channels(image: np.ndarray, in_channels: int, path) -> np.ndarray:
-    """Return `image` (C, H, W) with in_channels channels: grayscale is replicated, other mismatches raise."""
-    channels = image.shape[0]
-    if channels == in_channels:
-        return image
-    if channels == 1:
-        return np.repeat(image, in_channels, axis=0)
-    raise ValueError(
-        f"image {path} has {channels} channels but the model expects in_channels={in_channels}; set in_channels="
-        f"{channels} (grayscale images are replicated automatically; colour images are never averaged silently)"
-    )
 
 
 # ---- label mapping -------------------------------------------------------------------------------------------
@@ -653,27 +640,30 @@ def datasets_from_config(cfg: DataConfig, generator: torch.Generator | None = No
         ValueError: any bad spec, crop, folder, file or label, or masks with fewer than two classes, before any
             training step.
     """
-    def build(spec, split, transform=None):
-        return build_dataset(spec, split, cfg.num_classes, ignore_index=cfg.ignore_index, normalize=cfg.normalize,
-                             in_channels=cfg.in_channels, transform=transform, label_map=cfg.label_map,
-                             val_fraction=cfg.val_fraction)
-
-    train = build(cfg.dataset, "train",
-                  Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator) if augment else None)
-    val = build(cfg.val_dataset or cfg.dataset, "val")
+    train = dataset_for(cfg, cfg.dataset, "train",
+                        Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator) if augment else None)
+    val = dataset_for(cfg, cfg.val_dataset or cfg.dataset, "val")
     if val.num_classes != train.num_classes:
         raise ValueError(f"training set has {train.num_classes} classes but validation set has {val.num_classes}")
-    if cfg.normalize.mode == "auto":
-        sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), 64)).round().astype(int))
-        cfg.normalize = resolve_auto(cfg.normalize, (train.raw_image(int(i)) for i in sample), pretrained_encoder)
-        train.normalize = val.normalize = cfg.normalize
     train.data_report = None
-    if cfg.validate:
+    if cfg.validate:  # first: these checks read only masks and headers
         stats = validate_dataset(train)
         validate_dataset(val)
         train.data_report = check_classes(stats, train.num_classes, cfg.ignore_index,
                                           getattr(train, "class_names", None))
+    if cfg.normalize.mode == "auto":
+        sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), 64)).round().astype(int))
+        cfg.normalize = resolve_auto(cfg.normalize, (train.raw_image(int(i)) for i in sample), pretrained_encoder)
+        train.normalize = val.normalize = cfg.normalize
     return train, val
+
+
+def dataset_for(cfg: DataConfig, spec: str, split: str, transform=None) -> torch.utils.data.Dataset:
+    """`build_dataset(spec, split)` with everything else (classes, ignore index, normalisation, channels, label map,
+    validation fraction) from `cfg`."""
+    return build_dataset(spec, split, cfg.num_classes, ignore_index=cfg.ignore_index, normalize=cfg.normalize,
+                         in_channels=cfg.in_channels, transform=transform, label_map=cfg.label_map,
+                         val_fraction=cfg.val_fraction)
 
 
 def check_classes(stats: dict, num_classes: int, ignore_index: int, class_names=None) -> dict | None:

@@ -34,7 +34,7 @@ from qgn.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_model, save
 from qgn.precision import autocast, check_amp, fp32_math, grad_scaler
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
-from training.datasets import build_dataset, datasets_from_config
+from training.datasets import dataset_for, datasets_from_config
 from training.loss import QuadtreeLoss
 from training.metrics import ConfusionMatrix
 from training.transforms import Augment, augment
@@ -502,7 +502,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
             dist.barrier()
     result = {"miou": progress.last_miou, "best_miou": progress.best_miou, "best_epoch": progress.best_epoch,
               "step": progress.step, "seconds": progress.seconds, **{k: v for k, v in summary.items() if k != "miou"}}
-    test_set = test_split(dcfg, len(val_set)) if tcfg.test else None
+    test_set = test_split(dcfg) if tcfg.test else None
     if test_set is not None:
         test_loader = DataLoader(test_set, batch_size=1, collate_fn=collate, num_workers=tcfg.num_workers,
                                  sampler=EpochOrder(len(test_set), 0, rank, world_size, shuffle=False, pad=False))
@@ -520,15 +520,13 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
     return result
 
 
-def test_split(dcfg, val_size: int):
+def test_split(dcfg):
     """The labelled "test" split of the validation data's spec, or None when it has none (a folder without
     split folders, Cityscapes whose test labels are withheld, ...)."""
     spec = dcfg.val_dataset or dcfg.dataset
     if spec.partition(":")[0] in ("cityscapes", "ade20k", "sunrgbd"):  # withheld labels, or "val" reads it already
         return None
     try:
-        return build_dataset(spec, "test", dcfg.num_classes, ignore_index=dcfg.ignore_index,
-                             normalize=dcfg.normalize, in_channels=dcfg.in_channels, label_map=dcfg.label_map,
-                             val_fraction=dcfg.val_fraction)
+        return dataset_for(dcfg, spec, "test")
     except (ValueError, FileNotFoundError):
         return None
