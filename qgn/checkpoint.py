@@ -7,28 +7,21 @@ RunConfig as plain data: sections model, data, loss, train), "model" (float32 st
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from quadtree.io import atomic_write
 from qgn.config import QGNConfig
-from qgn.model import QGN
+from qgn.model import QGN, build_model
 
 FORMAT = "qgn-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save written atomically (`quadtree.io.atomic_write`): a crash never leaves a partial checkpoint."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -54,7 +47,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def model_from_state(state: dict, device: str | torch.device = "cpu") -> QGN:
     """The network of a loaded checkpoint, in eval mode on `device`."""
-    model = QGN(QGNConfig.from_dict(state["config"]["model"]))
+    model = build_model(QGNConfig.from_dict(state["config"]["model"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 

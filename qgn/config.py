@@ -1,4 +1,5 @@
-"""`QGNConfig`: every choice that defines a QGN network (or its dense twin), with commented defaults."""
+"""`QGNConfig`: every choice that defines a QGN network (or its dense twin), with commented defaults; and
+`config_from_dict`, how every config dataclass of the engine is read back from plain data (YAML, checkpoints)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,25 @@ ENCODER_WIDTHS = (32, 48, 64, 96, 128, 160, 192)  # resnet widths at strides 4, 
 DECODER_WIDTHS = (256, 192, 160, 96, 64, 48, 32, 24, 16)  # the last depth + 1 are levels 0 .. depth
 
 
+def config_from_dict(kind, values: dict, name: str):
+    """`kind(**values)` for a config dataclass `kind`, from plain data (YAML, a checkpoint): lists become tuples
+    where the field is a tuple. ValueError when `values` is not a mapping or names unknown fields (`name` says
+    which config in the message)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{name} must be a mapping of field names to values, got {values!r}")
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} fields {unknown}; valid fields: {sorted(known)}")
+    tuples = {f.name for f in fields(kind) if "tuple" in str(f.type)}
+    return kind(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in values.items()})
+
+
 @dataclass
 class QGNConfig:
+    """The network, and with it the facts the data pipeline takes from it: classes, depth, image channels and
+    the ignore label (training.config.RunConfig holds no second copy of them)."""
+
     num_classes: int = 19  # C semantic classes; heads above full resolution predict C + 1 (the last is MIXED)
     depth: int = 5  # quadtree levels below the root grid: roots at stride 2**depth, level `depth` = full res
     in_channels: int = 3  # image channels (1 for grayscale microscopy)
@@ -57,6 +75,11 @@ class QGNConfig:
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
 
+    @property
+    def pretrained_encoder(self) -> bool:
+        """True when the encoder starts from ImageNet weights (efficientnet_lite0 with `pretrained`)."""
+        return self.encoder != "resnet" and self.pretrained
+
     def as_dict(self) -> dict:
         out = asdict(self)
         out["encoder_channels"] = list(self.encoder_channels)
@@ -65,11 +88,7 @@ class QGNConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "QGNConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown QGNConfig fields {unknown}; valid fields: {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values, "QGNConfig")
 
     @classmethod
     def for_depth(cls, depth: int, **overrides) -> "QGNConfig":

@@ -1,20 +1,23 @@
-"""QGN: a dense encoder, a dense root head, and a sparse decoder that runs only at the nodes of a quadtree.
+"""QGN: a dense encoder, a dense root head, and a sparse decoder that grows a quadtree level by level.
 
 Level 0 (the root grid, stride 2**depth) is dense: every root cell gets C + 1 logits (the last is MIXED).
-Each finer level l = 1 .. depth takes the nodes of level l - 1 chosen for expansion (the MIXED nodes of the
-ground-truth tree in training, the predicted ones at inference), gives each four children (a learned
-per-quadrant projection, `sparse_ops.expand_children`), adds the encoder features at the children (or, at
-strides 2 and 1, a k x k conv of the pixels, `qgn.stem.PixelStem`), runs submanifold residual blocks over the
-level's nodes and a head with C + 1 logits per node (C at full resolution, where nothing is MIXED).
+An expansion rule (`qgn.expansion`: the ground-truth tree in training; argmax, threshold, budget or an oracle at
+inference) picks the nodes of level l that become MIXED; each gets four children at level l + 1 (a learned
+per-quadrant projection, `sparse_ops.expand_children`), which add the encoder features at their cells (or, at
+strides 2 and 1, a k x k conv of the pixels, `qgn.stem.PixelStem`), run submanifold residual blocks and a head
+with C + 1 logits per node (C at full resolution, where nothing is MIXED). Each level computed becomes a
+`QuadtreeLevel` of the predicted tree (labels: MIXED where expanded, the best class elsewhere), carrying the
+sparse geometry its convolutions used; `decode` returns the tree and the logits of its nodes.
 
-The dense twin (`config.model == "dense"`) runs the same layers, with the same weights, at every cell of every
-level with dense torch ops, ending in full-resolution logits: the reference for cost and accuracy.
+`DenseTwin` (`config.model == "dense"`) runs the same modules, with the same weights, at every cell of every
+level through their dense twins (`forward_dense`), ending in full-resolution logits: the reference for cost and
+accuracy. It grows the same kind of tree by reading the node logits from its maps. `build_model(config)` picks
+the class from `MODEL_CLASSES`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,28 +26,35 @@ from torch import nn
 import quadtree as qt
 from qgn.config import QGNConfig
 from qgn.encoder import build_encoder
+from qgn.expansion import ExpansionRule, argmax_rule, cells_in_image, follow_tree
+from qgn.predict import Prediction, predict
 from qgn.stem import PixelStem
-from sparse_ops import ExpandChildren, SparseGeometry, SubMResBlock, gather_dense, select_nodes
+from sparse_ops import ExpandChildren, SparseGeometry, SubMResBlock, gather_dense, tree_level
 
 
-@dataclass(frozen=True)
-class LevelOutput:
-    """What the decoder computed at one level.
+@dataclass(frozen=True, eq=False)
+class Decoding:
+    """What the decoder computed.
 
     Attributes:
-        geometry: the level's nodes (coords int32 (N, 3), grid shape, batch size).
-        feats: float (N, C_l) node features.
-        logits: float (N, C + 1), or (N, C) at full resolution.
-        expanded_from: int64 (N / 4,) rows of the previous level whose children these nodes are (None at level 0).
+        tree: the grown Quadtree (image_size = the unpadded size; levels beyond the last computed are empty).
+            Labels: MIXED where a node was expanded, else its best non-MIXED class, or the ignore index where the
+            node lies wholly in the padding.
+        level_logits: one float tensor per computed level, row i = node i of `tree.levels[l]`: (N_l, C + 1), and
+            (N_depth, C) at full resolution. Empty for the dense twin's own full-resolution prediction (rule None
+            at full depth), whose tree is the quadtree of its labels rather than grown.
+        nodes_per_level: per level 0..depth, the cells the network computed there: the tree's nodes for QGN,
+            every cell of the level grid for the dense twin, 0 below the last computed level.
+        full_logits: float (B, C, H_pad, W_pad) full-resolution logits of the dense twin at full depth, else None.
     """
 
-    geometry: SparseGeometry
-    feats: torch.Tensor
-    logits: torch.Tensor
-    expanded_from: torch.Tensor | None
+    tree: qt.Quadtree
+    level_logits: list[torch.Tensor]
+    nodes_per_level: list[int]
+    full_logits: torch.Tensor | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QGNOutput:
     """Per-level logits aligned row by row with `tree.levels[l]`, and (dense model only) full-res logits.
 
@@ -57,34 +67,12 @@ class QGNOutput:
     full_logits: torch.Tensor | None = None
 
 
-def dense_conv(conv, x: torch.Tensor) -> torch.Tensor:
-    """A `SubMConv2d` applied densely: `F.conv2d` with its weight, bias and dilation, same-size output."""
-    return F.conv2d(x, conv.weight, conv.bias, padding=conv.dilation * (conv.kernel_size // 2), dilation=conv.dilation)
-
-
-def dense_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """A `NodeBatchNorm` applied to a dense (B, C, H, W) map, with its parameters and running statistics."""
-    training = bn.training or not bn.track_running_stats
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training, momentum, bn.eps)
-
-
-def dense_res_block(block: SubMResBlock, x: torch.Tensor) -> torch.Tensor:
-    """`SubMResBlock` computed densely at every pixel of (B, C, H, W) with the block's own weights."""
-    out = F.relu(dense_batch_norm(block.bn1, dense_conv(block.conv1, x)))
-    out = dense_batch_norm(block.bn2, dense_conv(block.conv2, out))
-    identity = x if block.shortcut is None else dense_batch_norm(block.shortcut["bn"], dense_conv(block.shortcut["conv"], x))
-    return F.relu(out + identity)
-
-
 class DecoderLevel(nn.Module):
-    """One level of the sparse decoder (see the module docstring).
+    """One level of the decoder (see the module docstring).
 
     Shape:
-        forward(parent_feats (M, C_prev), parent_geometry (M sites), images, features)
-            -> LevelOutput with 4M nodes: feats (4M, C_l), logits (4M, num_outputs)
+        forward(parent_feats (M, C_prev), geometry: the 4M children's sites, images, features)
+            -> (feats (4M, C_l), logits (4M, num_outputs))
         forward_dense(parent_map (B, C_prev, h, w), images, features) -> (map (B, C_l, 2h, 2w), logits map)
     """
 
@@ -104,44 +92,41 @@ class DecoderLevel(nn.Module):
         self.num_outputs = config.num_classes + (0 if level == config.depth else 1)
         self.head = nn.Linear(c, self.num_outputs)
 
-    def forward(self, parent_feats, parent_geometry: SparseGeometry, images, features) -> tuple[torch.Tensor, SparseGeometry, torch.Tensor]:
-        feats, geometry = self.expand(parent_feats, parent_geometry)
+    def forward(self, parent_feats, geometry: SparseGeometry, images, features) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.expand(parent_feats)
         if self.encoder_index is None:
-            feats = feats + self.skip(images, geometry.coords)
+            feats = feats + self.skip(images, geometry)
         else:
             feats = feats + self.skip(gather_dense(features[self.encoder_index], geometry))
         for block in self.blocks:
             feats = block(feats, geometry)
-        return feats, geometry, self.head(feats)
+        return feats, self.head(feats)
 
     def forward_dense(self, parent_map, images, features) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.conv_transpose2d(parent_map, self.expand.weight, self.expand.bias, stride=2)
+        x = self.expand.forward_dense(parent_map)
         if self.encoder_index is None:
             x = x + self.skip.forward_dense(images)
         else:
             x = x + F.conv2d(features[self.encoder_index], self.skip.weight[:, :, None, None], self.skip.bias)
         for block in self.blocks:
-            x = dense_res_block(block, x)
+            x = block.forward_dense(x)
         return x, F.conv2d(x, self.head.weight[:, :, None, None], self.head.bias)
 
     def macs_per_node(self) -> int:
         """Multiply-accumulates per node of this level (submanifold convs counted at all k*k taps)."""
-        c_prev, c = self.expand.in_channels, self.expand.out_channels
-        macs = c_prev * c  # this node's quadrant of the parent projection
-        macs += self.skip.macs_per_node() if isinstance(self.skip, PixelStem) else self.skip.in_features * c
-        for block in self.blocks:
-            for conv in (block.conv1, block.conv2, None if block.shortcut is None else block.shortcut["conv"]):
-                if conv is not None:
-                    macs += conv.in_channels * conv.out_channels * conv.kernel_size ** 2
-        return macs + c * self.num_outputs
+        c = self.expand.out_channels
+        skip = self.skip.macs_per_site() if isinstance(self.skip, PixelStem) else self.skip.in_features * c
+        return self.expand.macs_per_child() + skip + sum(b.macs_per_site() for b in self.blocks) + \
+            c * self.num_outputs
 
 
 class QGN(nn.Module):
-    """The QGN network and its dense twin (chosen by `config.model`).
+    """The QGN network.
 
     Shape:
-        forward(images float (B, C_in, H, W), tree: Quadtree of the same batch and padded size) -> QGNOutput.
-        H and W must be multiples of 2**depth (`predict` pads other sizes itself).
+        forward(images float (B, C_in, H, W), tree: Quadtree of the same batch and padded size) -> QGNOutput whose
+        level logits are aligned with the nodes of `tree` (the decoder grows exactly that tree's structure).
+        H and W must be multiples of 2**depth (`qgn.predict.predict` pads other sizes itself).
     """
 
     def __init__(self, config: QGNConfig):
@@ -172,34 +157,7 @@ class QGN(nn.Module):
         cell = 1 << self.config.depth
         if images.shape[2] % cell or images.shape[3] % cell:
             raise ValueError(f"image size {tuple(images.shape[2:])} must be a multiple of 2**depth = {cell}; crop "
-                             f"or pad the images (QGN.predict pads automatically)")
-
-    # ---- the sparse decoder ---------------------------------------------------------------------------------
-    def decode_levels(self, images: torch.Tensor, features: list[torch.Tensor],
-                      choose_expanded: Callable[[int, torch.Tensor, SparseGeometry], torch.Tensor], last_level: int | None = None,
-                      ) -> list[LevelOutput]:
-        """Run the root head and the sparse levels 1 .. last_level.
-
-        Args:
-            images: (B, C_in, H, W); features: the encoder's maps at strides 4 .. 2**depth.
-            choose_expanded: (level, logits (N, C + 1), geometry) -> bool (N,): which nodes of `level` get children.
-            last_level: deepest level to compute (default: depth).
-        Returns:
-            one LevelOutput per computed level; level l + 1 holds the children of the chosen nodes of level l,
-            in the quadtree's order.
-        """
-        last_level = self.config.depth if last_level is None else last_level
-        root = self.root(features[-1])
-        batch, c0, h0, w0 = root.shape
-        logits = self.root_head(root).permute(0, 2, 3, 1).reshape(-1, self.mixed_class + 1)
-        geometry = SparseGeometry._trusted(qt.root_coords(batch, h0, w0, root.device), (h0, w0), batch)
-        outputs = [LevelOutput(geometry, root.permute(0, 2, 3, 1).reshape(-1, c0), logits, None)]
-        for level in self.levels[:last_level]:
-            above = outputs[-1]
-            chosen = select_nodes(above.feats, above.geometry, choose_expanded(level.level - 1, above.logits, above.geometry))
-            feats, geometry, logits = level(chosen.feats, chosen.coords, images, features)
-            outputs.append(LevelOutput(geometry, feats, logits, chosen.index))
-        return outputs
+                             f"or pad the images (qgn.predict.predict pads automatically)")
 
     def forward(self, images: torch.Tensor, tree: qt.Quadtree) -> QGNOutput:
         self.check_images(images)
@@ -209,20 +167,53 @@ class QGN(nn.Module):
                              f"of these images with depth {self.config.depth}")
         if tree.depth != self.config.depth:
             raise ValueError(f"the tree has depth {tree.depth} but the model depth {self.config.depth}")
-        features = self.encoder(images)
-        if self.config.model == "dense":
-            maps = self.forward_dense(images, features)
-            level_logits = [gather_dense(m, tree.levels[l].coords, mode="nearest") for l, m in enumerate(maps)]
-            return QGNOutput(level_logits, full_logits=maps[-1])
-        outputs = self.decode_levels(images, features, lambda l, _logits, _geometry: tree.levels[l].labels == qt.MIXED)
-        return QGNOutput([out.logits for out in outputs])
+        decoding = self.decode(images, self.encoder(images), follow_tree(tree), tree.image_size)
+        return QGNOutput(decoding.level_logits, decoding.full_logits)
 
-    # ---- the dense twin -------------------------------------------------------------------------------------
-    def forward_dense(self, images: torch.Tensor, features: list[torch.Tensor] | None = None,
-                      last_level: int | None = None) -> list[torch.Tensor]:
-        """Levels 0 .. last_level (default depth) at every cell: logits maps (B, C + 1, h_l, w_l); at full
+    def predict(self, images: torch.Tensor, max_depth: int | None = None, threshold: float | None = None,
+                budget: int | None = None, oracle_tree: qt.Quadtree | None = None) -> Prediction:
+        """Labels at a chosen cost: `qgn.predict.predict(self, images, ...)`."""
+        return predict(self, images, max_depth, threshold, budget, oracle_tree)
+
+    def decode(self, images: torch.Tensor, features: list[torch.Tensor], rule: ExpansionRule | None,
+               image_size: tuple[int, int], last_level: int | None = None) -> Decoding:
+        """Grow the tree: the root head, then levels 1 .. last_level at the children of the nodes `rule` expands.
+
+        Args:
+            images: (B, C_in, H_pad, W_pad); features: the encoder's maps at strides 4 .. 2**depth.
+            rule: an `qgn.expansion` rule; None: `argmax_rule` (expand where MIXED is the argmax).
+            image_size: (H, W) before padding: nodes wholly in the padding are ignore leaves.
+            last_level: deepest level to compute (default: depth).
+        """
+        rule = argmax_rule(self.mixed_class) if rule is None else rule
+        last_level = self.config.depth if last_level is None else last_level
+        root = self.root(features[-1])
+        batch, c0, h0, w0 = root.shape
+        geometry = SparseGeometry.grid(batch, (h0, w0), root.device)
+        feats = root.permute(0, 2, 3, 1).reshape(-1, c0)
+        logits = self.root_head(root).permute(0, 2, 3, 1).reshape(-1, self.mixed_class + 1)
+        growth = _TreeGrowth(self.config, batch, image_size)
+        chosen = None
+        for level in range(last_level + 1):
+            if level > 0:  # the children of the nodes chosen at the level above
+                feats, logits = self.levels[level - 1](feats[chosen], geometry, images, features)
+            chosen = growth.add_level(geometry, logits, rule if level < last_level else None)
+            if level < last_level:
+                geometry = geometry.children(chosen)
+        return Decoding(growth.tree(), growth.level_logits, growth.nodes_per_level())
+
+
+class DenseTwin(QGN):
+    """QGN's layers with the same weights, run at every cell of every level with dense torch ops.
+
+    Shape:
+        forward(images, tree) -> QGNOutput with full_logits (B, C, H, W) and level logits read at `tree`'s nodes.
+    """
+
+    def dense_maps(self, images: torch.Tensor, features: list[torch.Tensor], last_level: int | None = None
+                   ) -> list[torch.Tensor]:
+        """Logits maps of levels 0 .. last_level (default depth) at every cell: (B, C + 1, h_l, w_l); at full
         resolution (B, C, H, W)."""
-        features = self.encoder(images) if features is None else features
         x = self.root(features[-1])
         maps = [self.root_head(x)]
         for level in self.levels[: self.config.depth if last_level is None else last_level]:
@@ -230,9 +221,77 @@ class QGN(nn.Module):
             maps.append(logits)
         return maps
 
-    def predict(self, images: torch.Tensor, max_depth: int | None = None, threshold: float | None = None,
-                budget: int | None = None, oracle_tree: qt.Quadtree | None = None):
-        """Labels at a chosen cost; see `qgn.predict.predict`. Returns a `qgn.predict.Prediction`."""
-        from qgn.predict import predict
+    def decode(self, images: torch.Tensor, features: list[torch.Tensor], rule: ExpansionRule | None,
+               image_size: tuple[int, int], last_level: int | None = None) -> Decoding:
+        """Every level at every cell, then the tree `rule` grows over the maps. With rule None at full depth the
+        labels are the dense baseline's own: the argmax of the full-resolution logits, wherever the coarser
+        levels would have stopped (the tree is then the quadtree of those labels)."""
+        depth = self.config.depth
+        last_level = depth if last_level is None else last_level
+        maps = self.dense_maps(images, features, last_level)
+        batch = images.shape[0]
+        cells = [batch * m.shape[2] * m.shape[3] for m in maps] + [0] * (depth - last_level)
+        full_logits = maps[-1] if last_level == depth else None
+        if rule is None and last_level == depth:
+            labels = full_logits.argmax(1)[:, :image_size[0], :image_size[1]]
+            tree = qt.encode(labels, depth, ignore_index=self.config.ignore_index)
+            return Decoding(tree, [], cells, full_logits)
+        rule = argmax_rule(self.mixed_class) if rule is None else rule
+        h0, w0 = maps[0].shape[2:]
+        geometry = SparseGeometry.grid(batch, (h0, w0), images.device)
+        growth = _TreeGrowth(self.config, batch, image_size)
+        for level in range(last_level + 1):
+            logits = gather_dense(maps[level], geometry)
+            chosen = growth.add_level(geometry, logits, rule if level < last_level else None)
+            if level < last_level:
+                geometry = geometry.children(chosen)
+        return Decoding(growth.tree(), growth.level_logits, cells, full_logits)
 
-        return predict(self, images, max_depth, threshold, budget, oracle_tree)
+
+MODEL_CLASSES = {"qgn": QGN, "dense": DenseTwin}
+"""`QGNConfig.model` -> the network class."""
+
+
+def build_model(config: QGNConfig) -> QGN:
+    """The network `config.model` names (a KeyError-free lookup: the config validated the name)."""
+    return MODEL_CLASSES[config.model](config)
+
+
+class _TreeGrowth:
+    """The levels of the tree a decoder grows, and their logits: one `add_level` per computed level, `tree()` at
+    the end - the one place a predicted tree is assembled."""
+
+    def __init__(self, config: QGNConfig, batch_size: int, image_size: tuple[int, int]):
+        self.config, self.batch_size, self.image_size = config, batch_size, tuple(int(s) for s in image_size)
+        self.levels: list[qt.QuadtreeLevel] = []
+        self.level_logits: list[torch.Tensor] = []
+        self._parent: torch.Tensor | None = None
+
+    def add_level(self, geometry: SparseGeometry, logits: torch.Tensor, rule: ExpansionRule | None) -> torch.Tensor:
+        """Record the next level (its nodes: `geometry`, children of the nodes chosen at the previous call); label
+        it, let `rule` pick the nodes to expand (none when rule is None). Returns int64 (M,) their rows."""
+        level = len(self.levels)
+        parent = torch.full((geometry.num_sites,), -1, dtype=torch.long, device=logits.device) \
+            if self._parent is None else self._parent
+        inside = cells_in_image(geometry.coords, 1 << (self.config.depth - level), self.image_size)
+        leaves = torch.where(inside, logits[:, :self.config.num_classes].argmax(1), self.config.ignore_index)
+        self.levels.append(tree_level(geometry, leaves, parent))
+        self.level_logits.append(logits)
+        chosen = torch.zeros(0, dtype=torch.long, device=logits.device)
+        if rule is not None:
+            expand = rule(level, logits, self.tree())
+            chosen = torch.nonzero(expand).flatten()
+            self.levels[-1] = tree_level(geometry, leaves.masked_fill(expand, qt.MIXED), parent)
+        self._parent = chosen.repeat_interleave(4)
+        return chosen
+
+    def tree(self) -> qt.Quadtree:
+        device = self.levels[0].device
+        empty = qt.QuadtreeLevel(torch.zeros(0, 3, dtype=torch.int32, device=device),
+                                 torch.zeros(0, dtype=torch.long, device=device),
+                                 torch.zeros(0, dtype=torch.long, device=device))
+        levels = tuple(self.levels) + (empty,) * (self.config.depth + 1 - len(self.levels))
+        return qt.Quadtree(levels, self.config.depth, self.batch_size, self.image_size, self.config.ignore_index)
+
+    def nodes_per_level(self) -> list[int]:
+        return [level.num_nodes for level in self.tree().levels]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qgn.config import config_from_dict
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_MEAN = (0.449,)  # mean of the ImageNet channel means / stds, used for 1-channel images
@@ -42,6 +44,11 @@ class NormalizeConfig:
             raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles}")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError(f"std values must be > 0, got {self.std}")
+
+    @classmethod
+    def from_dict(cls, values: dict, name: str = "data.normalize") -> "NormalizeConfig":
+        """The config of its plain-data form (config.yaml, a checkpoint's stored run config)."""
+        return config_from_dict(cls, values, name)
 
 
 def intensity_scale(dtype: np.dtype) -> float:

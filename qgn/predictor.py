@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from qgn.checkpoint import load_checkpoint, model_from_state
+from qgn.cost import Cost, measure_predict
 from qgn.model import QGN
 from qgn.normalize import NormalizeConfig, check_float_range, match_channels, normalize_image
 from qgn.precision import autocast, check_amp
+from qgn.predict import Prediction
 
 
 @dataclass(eq=False)
@@ -66,8 +68,8 @@ class Predictor:
         """Labels of raw image(s) at a chosen cost (`qgn.predict.predict`); a list of images gives a list.
 
         Returns:
-            a `Prediction` (labels int64 (B, H, W), the predicted tree, nodes per level, MACs, seconds), or a list
-            of them for a list of images.
+            a `Prediction` (labels int64 (B, H, W), the predicted tree, nodes computed per level), or a list of
+            them for a list of images.
         """
         if isinstance(image, (list, tuple)):
             return [self.predict(one, max_depth, threshold, budget) for one in image]
@@ -81,13 +83,22 @@ class Predictor:
             return self.model.predict(images, max_depth=max_depth, threshold=threshold, budget=budget)
 
 
+    @torch.no_grad()
+    def measure(self, image, max_depth: int | None = None, threshold: float | None = None,
+                budget: int | None = None) -> tuple[Prediction, Cost]:
+        """`predict` of one image or batch and what the prediction cost: `(Prediction, Cost(macs, seconds,
+        peak_memory_mb))` (`qgn.cost.measure_predict`; preparing the image is not counted)."""
+        images = self.prepare(image)
+        with autocast(self.amp, self.device):
+            return measure_predict(self.model, images, max_depth=max_depth, threshold=threshold, budget=budget)
+
+
 def load_predictor(path: str | Path, device: str | torch.device = "cpu", amp: str = "off") -> Predictor:
     """The predictor of a checkpoint written by `qgn train` (read on the CPU, run on `device`)."""
     device = torch.device(device)
     check_amp(amp, device)
     state = load_checkpoint(path)
-    normalize = state["config"].get("data", {}).get("normalize", {})
-    normalize = NormalizeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in normalize.items()})
+    normalize = NormalizeConfig.from_dict(state["config"].get("data", {}).get("normalize", {}))
     if normalize.mode == "auto":
         raise ValueError(f"{path} stores an unresolved 'auto' normalisation (written before training started); "
                          f"use a checkpoint of a run that trained")

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparse_ops import SparseGeometry
+
 
 def gather_patches(images: torch.Tensor, coords: torch.Tensor, kernel_size: int = 3, stride: int = 1) -> torch.Tensor:
     """The k x k neighbourhood of each node in the image average-pooled to `stride`, zero outside the image.
@@ -48,8 +50,8 @@ class PixelStem(nn.Module):
     """k x k conv of the image average-pooled to `stride`, at the nodes of a level of that stride.
 
     Shape:
-        forward(images (B, C_in, H, W), coords (N, 3) at stride `stride`) -> (N, C_out)
-        forward_dense(images) -> (B, C_out, H / stride, W / stride)
+        forward(images (B, C_in, H, W), geometry: the sites of a level of stride `stride`) -> (N, C_out)
+        forward_dense(images) -> (B, C_out, H / stride, W / stride): the dense twin, same weights
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, kernel_size: int = 3):
@@ -63,14 +65,14 @@ class PixelStem(nn.Module):
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         return images if self.stride == 1 else F.avg_pool2d(images, self.stride)
 
-    def forward(self, images: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        patches = gather_patches(images, coords, self.kernel_size, self.stride)
+    def forward(self, images: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
+        patches = gather_patches(images, geometry.coords, self.kernel_size, self.stride)
         return torch.addmm(self.bias, patches, self.weight.flatten(1).t())
 
     def forward_dense(self, images: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self.pooled(images), self.weight, self.bias, padding=self.kernel_size // 2)
 
-    def macs_per_node(self) -> int:
+    def macs_per_site(self) -> int:
         return self.in_channels * self.kernel_size ** 2 * self.out_channels
 
     def extra_repr(self) -> str:

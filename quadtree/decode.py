@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from quadtree.tree import Quadtree
+from quadtree.tree import Quadtree, flat_index
 
 
 def upsample2x(grid: torch.Tensor) -> torch.Tensor:
@@ -17,9 +17,7 @@ def upsample2x(grid: torch.Tensor) -> torch.Tensor:
 
 def paint_level(grid: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> None:
     """Write `labels` (N,) at the cells `coords` (N, 3) (batch, y, x) of `grid` (B, h, w), in place."""
-    _, h, w = grid.shape
-    flat = (coords[:, 0].long() * h + coords[:, 1].long()) * w + coords[:, 2].long()
-    grid.view(-1)[flat] = labels.to(grid.dtype)
+    grid.view(-1)[flat_index(coords, grid.shape[1:])] = labels.to(grid.dtype)
 
 
 def dense_level(tree: Quadtree, level: int) -> torch.Tensor:
@@ -44,8 +42,9 @@ def decode(tree: Quadtree, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
         dtype: integer dtype of the result. Labels are 0..255, so the default uint8 is lossless (and 8x
             cheaper than int64); pass torch.int64 for loss targets.
     Returns:
-        (B, H, W), or (H, W) when the tree was encoded from a (H, W) mask, on the tree's device.
-        A pixel takes the label of the deepest node covering it; `decode(encode(m)) == m`.
+        (B, H, W) for every tree (B = tree.batch_size; an (H, W) mask's tree gives (1, H, W): take [0]), on the
+        tree's device. A pixel takes the label of the deepest node covering it; `decode(encode(m))` is m as
+        (B, H, W).
     Raises:
         ValueError: when a node on the tree's last non-empty level is still MIXED (nothing says what is under it).
     """
@@ -54,8 +53,7 @@ def decode(tree: Quadtree, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
         raise ValueError("the tree has MIXED nodes without children: it does not describe every pixel; resolve "
                          "them (e.g. predict with max_depth) before decoding")
     height, width = tree.image_size
-    mask = grid[:, :height, :width].to(dtype)
-    return mask if tree.batched else mask[0]
+    return grid[:, :height, :width].to(dtype)
 
 
 def _paint(tree: Quadtree, level: int) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from quadtree.tree import MIXED, Quadtree, QuadtreeLevel, child_coords, root_coords
+from quadtree.pad import pad_to_multiple
+from quadtree.tree import MIXED, Quadtree, QuadtreeLevel, child_coords, flat_index, root_coords
 
 MAX_LABEL = 254
 """Largest class label a mask may hold (besides the ignore index)."""
@@ -89,15 +89,6 @@ def check_depth(depth: int, height: int, width: int) -> None:
         )
 
 
-def pad_to_multiple(labels: torch.Tensor, multiple: int, value: int) -> torch.Tensor:
-    """Pad (B, H, W) at the bottom and right with `value` to multiples of `multiple`."""
-    h, w = labels.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return labels
-    return F.pad(labels, (0, pad_w, 0, pad_h), value=value)
-
-
 def label_pyramid(labels: torch.Tensor, depth: int) -> list[torch.Tensor]:
     """Per-level label grids of a padded mask.
 
@@ -130,11 +121,11 @@ def encode(mask, depth: int, ignore_index: int = 255) -> Quadtree:
         depth: levels below the root grid; level 0 has stride 2**depth, level `depth` is full resolution.
         ignore_index: label of unsupervised pixels, 0..255. It counts as a value: an all-ignore window is a leaf.
     Returns:
-        a Quadtree on the mask's device (numpy masks give CPU trees); `decode(encode(mask)) == mask`.
+        a Quadtree on the mask's device (numpy masks give CPU trees); `decode(encode(mask))` is the mask as
+        (B, H, W) (an (H, W) mask comes back as (1, H, W)).
     Raises:
         ValueError: for invalid masks (see `as_label_tensor`) or a depth < 0 or too deep for the mask.
     """
-    batched = getattr(mask, "ndim", 0) == 3
     labels = as_label_tensor(mask, ignore_index)
     batch_size, height, width = labels.shape
     check_depth(depth, height, width)
@@ -151,10 +142,9 @@ def encode(mask, depth: int, ignore_index: int = 255) -> Quadtree:
         mixed = torch.nonzero(above.labels == MIXED).flatten()
         coords = child_coords(above.coords[mixed])
         grid = pyramid[l]
-        _, h, w = grid.shape
-        flat = (coords[:, 0].long() * h + coords[:, 1].long()) * w + coords[:, 2].long()
-        levels.append(QuadtreeLevel(coords, grid.reshape(-1)[flat].long(), mixed.repeat_interleave(4)))
+        node_labels = grid.reshape(-1)[flat_index(coords, grid.shape[1:])].long()
+        levels.append(QuadtreeLevel(coords, node_labels, mixed.repeat_interleave(4)))
     return Quadtree(
         levels=tuple(levels), depth=depth, batch_size=batch_size, image_size=(height, width),
-        ignore_index=ignore_index, batched=batched,
+        ignore_index=ignore_index,
     )

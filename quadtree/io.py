@@ -1,11 +1,12 @@
-"""Saving and loading quadtrees as one versioned .npz file."""
+"""Saving and loading quadtrees as one versioned .npz file, and the atomic file writer every saver uses."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -16,11 +17,34 @@ FORMAT = "qgn-quadtree"
 FORMAT_VERSION = 1
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file all at once: `write(f)` fills a new temporary file beside `path`, which is then renamed onto
+    `path` (os.replace), so readers see the old file or the whole new one, never a partial one.
+
+    The parent folder is created when missing. When `write` raises (or the process is interrupted), the temporary
+    file is removed and `path` is left as it was. The file gets the permissions of any new file (umask).
+    Returns:
+        `path` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save(tree: Quadtree, path: str | os.PathLike) -> Path:
     """Write `tree` to `path` (.npz, suffix added when missing) atomically: a temp file renamed into place.
 
-    Layout: `format` ("qgn-quadtree"), `version` (1), `meta` int64 [depth, batch_size, H, W, ignore_index,
-    batched], and per level l: `coords_l` int32 (N, 3), `labels_l` int64 (N,), `parent_l` int64 (N,).
+    Layout: `format` ("qgn-quadtree"), `version` (1), `meta` int64 [depth, batch_size, H, W, ignore_index, 1],
+    and per level l: `coords_l` int32 (N, 3), `labels_l` int64 (N,), `parent_l` int64 (N,). The last meta value
+    (formerly a display flag, 1 = decode to (B, H, W)) is written for older readers and ignored by `load`.
     """
     path = Path(path)
     if path.suffix != ".npz":
@@ -29,23 +53,13 @@ def save(tree: Quadtree, path: str | os.PathLike) -> Path:
     arrays = {
         "format": np.array(FORMAT),
         "version": np.array(FORMAT_VERSION),
-        "meta": np.array([tree.depth, tree.batch_size, *tree.image_size, tree.ignore_index, int(tree.batched)],
-                         dtype=np.int64),
+        "meta": np.array([tree.depth, tree.batch_size, *tree.image_size, tree.ignore_index, 1], dtype=np.int64),
     }
     for l, level in enumerate(tree.levels):
         arrays[f"coords_{l}"] = level.coords.numpy()
         arrays[f"labels_{l}"] = level.labels.numpy()
         arrays[f"parent_{l}"] = level.parent.numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> Quadtree:
@@ -72,7 +86,10 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> Quadtre
         raise ValueError(f"{path} has quadtree format version {version}; this engine reads version "
                          f"{FORMAT_VERSION}: re-encode it from the mask")
     try:
-        depth, batch_size, height, width, ignore_index, batched = (int(v) for v in arrays["meta"])
+        meta = [int(v) for v in arrays["meta"]]
+        if len(meta) not in (5, 6):  # 6: files that stored a display flag (ignored)
+            raise ValueError(f"meta holds {len(meta)} values, expected [depth, batch_size, H, W, ignore_index]")
+        depth, batch_size, height, width, ignore_index = meta[:5]
         levels = tuple(
             QuadtreeLevel(
                 torch.from_numpy(arrays[f"coords_{l}"]).contiguous(),
@@ -82,7 +99,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> Quadtre
             for l in range(depth + 1)
         )
         tree = Quadtree(levels=levels, depth=depth, batch_size=batch_size, image_size=(height, width),
-                        ignore_index=ignore_index, batched=bool(batched))
+                        ignore_index=ignore_index)
         check_structure(tree)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"{path} is a corrupt quadtree file: {error}") from error

@@ -37,8 +37,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as image:
             if image.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I", "1"):
                 raise ValueError(
-                    f"{path} is a {image.mode} image; a label mask must be single-channel (grayscale or palette "
-                    f"PNG) holding class indices. Convert colour-coded masks to indices first"
+                    f"mask {path} has image mode {image.mode!r}; a label mask must be single-channel (grayscale "
+                    f"'L', palette 'P' or 16-bit grayscale PNG) holding class indices, not a colour-coded image: "
+                    f"convert its colours to class indices first"
                 )
             if image.mode == "1":
                 return np.array(image, dtype=np.uint8)

@@ -9,10 +9,12 @@ groups follow the order of their parents, so every level is sorted by batch inde
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+
+from quadtree.pad import padded_size
 
 MIXED = -1
 """Label of a node whose window holds more than one value; such a node has four children."""
@@ -21,19 +23,23 @@ CHILD_OFFSETS = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=torch.int32
 """(4, 2) int32: the (dy, dx) of the four children of a node, in their storage order."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QuadtreeLevel:
-    """The nodes of one level.
+    """The nodes of one level (compared by identity: `equal` compares contents).
 
     Attributes:
         coords: int32 (N, 3), row-major contiguous, columns (batch, y, x) in level cells.
         labels: int64 (N,), a class in 0..254, the ignore index, or MIXED (-1).
         parent: int64 (N,), the row of each node's parent in the previous level (-1 at level 0).
+        derived: structures computed from these nodes on first use and kept with them (e.g. the sparse
+            geometry and rulebooks of `sparse_ops.level_geometry`), keyed by what they derive from. The node
+            tensors never change, so neither do these.
     """
 
     coords: torch.Tensor
     labels: torch.Tensor
     parent: torch.Tensor
+    derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_nodes(self) -> int:
@@ -55,9 +61,9 @@ class QuadtreeLevel:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Quadtree:
-    """A batch of quadtrees over label masks of one size.
+    """A batch of quadtrees over label masks of one size (compared by identity: `equal` compares contents).
 
     Attributes:
         levels: depth + 1 `QuadtreeLevel`s; a level below which nothing is MIXED is empty (zero nodes).
@@ -65,7 +71,6 @@ class Quadtree:
         batch_size: number of masks B.
         image_size: (H, W) of the masks before padding.
         ignore_index: the label of unsupervised pixels; the padding holds it.
-        batched: True when encoded from (B, H, W) masks (decode then returns (B, H, W)), False for (H, W).
     """
 
     levels: tuple[QuadtreeLevel, ...]
@@ -73,7 +78,6 @@ class Quadtree:
     batch_size: int
     image_size: tuple[int, int]
     ignore_index: int = 255
-    batched: bool = True
 
     def __post_init__(self):
         if len(self.levels) != self.depth + 1:
@@ -87,9 +91,7 @@ class Quadtree:
     @property
     def padded_size(self) -> tuple[int, int]:
         """(H_pad, W_pad): the image size rounded up to multiples of 2**depth."""
-        cell = 1 << self.depth
-        h, w = self.image_size
-        return (-(-h // cell) * cell, -(-w // cell) * cell)
+        return padded_size(self.image_size, 1 << self.depth)
 
     def level_shape(self, level: int) -> tuple[int, int]:
         """(h, w) of the level-`level` grid: the padded size divided by its stride 2**(depth - level)."""
@@ -122,13 +124,13 @@ class Quadtree:
     def _replace(self, **changes) -> "Quadtree":
         fields = dict(
             levels=self.levels, depth=self.depth, batch_size=self.batch_size, image_size=self.image_size,
-            ignore_index=self.ignore_index, batched=self.batched,
+            ignore_index=self.ignore_index,
         )
         fields.update(changes)
         return Quadtree(**fields)
 
     def split(self) -> list["Quadtree"]:
-        """The B single trees of this batch, each with batch index 0 and batched=False."""
+        """The B single trees of this batch, each with batch index 0."""
         trees_levels: list[list[QuadtreeLevel]] = [[] for _ in range(self.batch_size)]
         previous_starts = None
         for level in self.levels:
@@ -143,7 +145,7 @@ class Quadtree:
                     parent = parent - int(previous_starts[b])
                 trees_levels[b].append(QuadtreeLevel(coords, level.labels[begin:end].clone(), parent.clone()))
             previous_starts = starts
-        return [self._replace(levels=tuple(levels), batch_size=1, batched=False) for levels in trees_levels]
+        return [self._replace(levels=tuple(levels), batch_size=1) for levels in trees_levels]
 
     @staticmethod
     def merge(trees: Sequence["Quadtree"]) -> "Quadtree":
@@ -175,7 +177,7 @@ class Quadtree:
                 parent_offset += tree.levels[l - 1].num_nodes if l > 0 else 0
             levels.append(QuadtreeLevel(torch.cat(coords).contiguous(), torch.cat(labels), torch.cat(parents)))
         batch_size = sum(tree.batch_size for tree in trees)
-        return first._replace(levels=tuple(levels), batch_size=batch_size, batched=True)
+        return first._replace(levels=tuple(levels), batch_size=batch_size)
 
     def equal(self, other: "Quadtree") -> bool:
         """True when both trees have the same metadata and identical node tensors (on any device)."""
@@ -253,3 +255,17 @@ def child_coords(parent_coords: torch.Tensor) -> torch.Tensor:
     offsets[:, 1:] = CHILD_OFFSETS.to(parent_coords.device)
     children = (parent_coords * scale)[:, None, :] + offsets[None, :, :]  # (N, 4, 3)
     return children.reshape(-1, 3).contiguous()
+
+
+def flat_index(coords: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Row-major position of each cell in a (B, h, w) grid: (b * h + y) * w + x.
+
+    Args:
+        coords: integer (N, 3) (batch, y, x), inside the grid (not checked).
+        shape: (h, w) of the grid.
+    Returns:
+        int64 (N,), the index of each cell in `grid.view(-1)` of a contiguous (B, h, w) grid.
+    """
+    h, w = shape
+    coords = coords.long()
+    return (coords[:, 0] * h + coords[:, 1]) * w + coords[:, 2]

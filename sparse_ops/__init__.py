@@ -1,9 +1,11 @@
 """Sparse ops on the nodes of quadtree levels: submanifold convs (spconv or pure PyTorch), parent -> children
 projection, dense <-> node transfers, node selection, batch norm over nodes, and a residual block.
 
-Features of a level are (N, C), one row per node; a `SparseGeometry` holds the nodes' (batch, y, x) coords on
-the level grid and caches the rulebooks derived from them, so build one per level (`level_geometries(tree)`)
-and pass it to every op of that level.
+Every op takes the features of a level, (N, C) - one row per node - and the level's `SparseGeometry`: the nodes'
+(batch, y, x) coords on the level grid with the rulebooks derived from them. A quadtree keeps the geometry of each
+of its levels (`level_geometry(tree, level)`), so every op of a level shares one rulebook; a tree the network
+grows carries the geometries it was computed with (`tree_level`). Every module has a dense twin
+(`forward_dense`) with the same weights, and `sparse_ops.reference` holds the dense definitions the tests use.
 """
 
 import quadtree  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
@@ -12,21 +14,20 @@ from sparse_ops.backend import (BACKENDS, as_int32_coords, check_backend_name, c
                                 spconv_available)
 from sparse_ops.batchnorm import NodeBatchNorm, node_batch_norm
 from sparse_ops.blocks import SubMResBlock
-from sparse_ops.expand import CHILD_OFFSETS, ExpandChildren, child_coords, expand_children
+from sparse_ops.expand import ExpandChildren, expand_children
 from sparse_ops.gather import MODES, gather_dense, scatter_dense
-from sparse_ops.geometry import SparseGeometry, level_geometries
+from sparse_ops.geometry import SparseGeometry, level_geometry, tree_level
 from sparse_ops.reference import dense_expand_children, dense_submanifold_conv2d
 from sparse_ops.rulebook import kernel_offsets, neighbour_table, spconv_rulebook
-from sparse_ops.select import Selection, select_nodes
 from sparse_ops.submanifold import SubMConv2d, submanifold_conv2d
 
 __all__ = [
     # geometry and backends
-    "SparseGeometry", "level_geometries", "BACKENDS", "resolve_backend", "check_backend_name", "spconv_available",
+    "SparseGeometry", "level_geometry", "tree_level", "BACKENDS", "resolve_backend", "check_backend_name", "spconv_available",
     "conv_algo", "as_int32_coords", "kernel_offsets", "neighbour_table", "spconv_rulebook",
     # ops and modules
-    "submanifold_conv2d", "SubMConv2d", "expand_children", "ExpandChildren", "child_coords", "CHILD_OFFSETS",
-    "gather_dense", "scatter_dense", "MODES", "select_nodes", "Selection", "node_batch_norm", "NodeBatchNorm",
+    "submanifold_conv2d", "SubMConv2d", "expand_children", "ExpandChildren", "gather_dense", "scatter_dense", "MODES",
+    "node_batch_norm", "NodeBatchNorm",
     "SubMResBlock",
     # dense references
     "dense_submanifold_conv2d", "dense_expand_children",

@@ -86,13 +86,16 @@ def resolve_backend(name: str, device: torch.device | str = "cpu", dtype: torch.
     "auto" is `DEFAULT_BACKEND` of the device type, or "torch" on CUDA when deterministic algorithms are on
     (`torch.use_deterministic_algorithms(True)`: the torch backend is gathers and matmuls only, spconv's CUDA
     kernels make no such promise). bfloat16 runs "torch" whatever was asked (spconv has no bfloat16 kernels).
-    "spconv" without an importable spconv falls back to "torch" with a UserWarning (once per call site).
+    "auto" without an importable spconv runs "torch" with a UserWarning; an explicit "spconv" then raises: spconv is
+    a requirement of this package, and code (or a test) that asked for it must not silently run something else.
 
     Raises:
         ValueError: `name` is not one of `BACKENDS`.
+        RuntimeError: `name` is "spconv" (and the dtype one spconv computes) but spconv does not import.
     """
     check_backend_name(name)
     device = torch.device(device)
+    asked = name
     if name == "auto":
         name = DEFAULT_BACKEND.get(device.type, "torch")
         if device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
@@ -100,10 +103,12 @@ def resolve_backend(name: str, device: torch.device | str = "cpu", dtype: torch.
     if name == "spconv" and dtype not in SPCONV_DTYPES:
         return "torch"
     if name == "spconv" and not spconv_available():
+        if asked == "spconv":
+            spconv_api()  # raises, naming the import error and what to install
         warnings.warn(
-            f"spconv is not importable ({_import_spconv()[1]!r}); sparse_ops falls back to backend='torch'. "
-            f"Install spconv-cu120 (Python < 3.12) or spconv-cu126 (Python >= 3.12), also on CPU-only machines, "
-            f"or pass backend='torch' to silence this.",
+            f"spconv is not importable ({_import_spconv()[1]!r}); backend='auto' runs backend='torch' on "
+            f"{device.type}. Install spconv-cu120 (Python < 3.12) or spconv-cu126 (Python >= 3.12), also on "
+            f"CPU-only machines, or pass backend='torch' to silence this.",
             stacklevel=3,
         )
         return "torch"

@@ -43,6 +43,8 @@ class NodeBatchNorm(nn.BatchNorm1d):
 
     Shape:
         forward(feats (N, C)) -> (N, C).
+        forward_dense(x (B, C, H, W)) -> (B, C, H, W): the dense twin, statistics over (B, H, W) with the same
+            parameters, running statistics and momentum rules (None: cumulative average) - `nn.BatchNorm2d`'s.
     """
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
@@ -52,3 +54,10 @@ class NodeBatchNorm(nn.BatchNorm1d):
             return node_batch_norm(feats, self.running_mean, self.running_var, self.weight, self.bias, True,
                                    0.0, self.eps)
         return super().forward(feats)
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"NodeBatchNorm.forward_dense takes a dense map (B, C, H, W), got {tuple(x.shape)}")
+        # BatchNorm1d over (B, C, H * W) normalises over (B, H * W) per channel: BatchNorm2d, with this module's
+        # own bookkeeping (momentum, num_batches_tracked)
+        return super().forward(x.flatten(2)).view_as(x)

@@ -20,6 +20,7 @@ class SubMResBlock(nn.Module):
         in_channels, out_channels (default in_channels), kernel_size (odd), dilation, backend: as `SubMConv2d`.
     Shape:
         forward(feats (N, C_in), geometry) -> (N, C_out).
+        forward_dense(x (B, C_in, H, W)) -> (B, C_out, H, W): the dense twin, same weights and statistics.
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 3, dilation: int = 1,
@@ -43,3 +44,15 @@ class SubMResBlock(nn.Module):
         out = self.bn2(self.conv2(out, geometry))
         identity = feats if self.shortcut is None else self.shortcut["bn"](self.shortcut["conv"](feats, geometry))
         return self.relu(out + identity)
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1.forward_dense(self.conv1.forward_dense(x)))
+        out = self.bn2.forward_dense(self.conv2.forward_dense(out))
+        identity = x if self.shortcut is None else \
+            self.shortcut["bn"].forward_dense(self.shortcut["conv"].forward_dense(x))
+        return self.relu(out + identity)
+
+    def macs_per_site(self) -> int:
+        """Multiply-accumulates per site (both convs and the shortcut conv; batch norm not counted)."""
+        convs = [self.conv1, self.conv2] + ([] if self.shortcut is None else [self.shortcut["conv"]])
+        return sum(conv.macs_per_site() for conv in convs)

@@ -18,26 +18,19 @@ from __future__ import annotations
 
 import torch
 
-from sparse_ops import backend as _backend
-from sparse_ops.geometry import SparseGeometry, check_batch_size, check_in_grid, check_spatial_shape
+from sparse_ops.geometry import SparseGeometry
 
 MODES = ("nearest", "bilinear")
 """Valid `mode=` names of `gather_dense`."""
 
 
-def gather_dense(
-    dense: torch.Tensor,
-    coords: torch.Tensor | SparseGeometry,
-    spatial_shape: tuple[int, int] | None = None,
-    mode: str = "nearest",
-) -> torch.Tensor:
-    """Features of a dense map at the nodes of a level (see the module docstring for the geometry and modes).
+def gather_dense(dense: torch.Tensor, geometry: SparseGeometry, mode: str = "nearest") -> torch.Tensor:
+    """Features of a dense map at the sites of a level (see the module docstring for the geometry and modes).
 
     Args:
-        dense: float (B, C, H, W).
-        coords: int (N, 3) (batch, y, x) on the level grid, or a `SparseGeometry` (its batch size must be B).
-        spatial_shape: (h, w) of the level grid, a multiple of (H, W); None means the geometry's, or (H, W)
-            for a coords tensor (same resolution).
+        dense: float (B, C, H, W), B the geometry's batch size; the geometry's grid (h, w) must be (H, W) times
+            an integer factor per axis.
+        geometry: the sites (`sparse_ops.level_geometry(tree, level)` or a `SparseGeometry`).
         mode: "nearest" or "bilinear".
     Returns:
         (N, C) of `dense`'s dtype, differentiable with respect to `dense`.
@@ -46,24 +39,18 @@ def gather_dense(
         raise ValueError(f"unknown mode {mode!r}; valid modes are {', '.join(map(repr, MODES))}")
     if not isinstance(dense, torch.Tensor) or dense.ndim != 4 or not dense.is_floating_point():
         raise ValueError("dense must be a float tensor (B, C, H, W)")
+    _check_geometry(geometry)
     batch, _, height, width = dense.shape
-    if isinstance(coords, SparseGeometry):
-        if spatial_shape is not None and tuple(spatial_shape) != coords.spatial_shape:
-            raise ValueError(f"spatial_shape {tuple(spatial_shape)} differs from the geometry's {coords.spatial_shape}")
-        if coords.batch_size != batch:
-            raise ValueError(f"dense has batch size {batch} but the geometry {coords.batch_size}")
-        shape, coords = coords.spatial_shape, coords.coords
-    else:
-        shape = (height, width) if spatial_shape is None else check_spatial_shape(spatial_shape)
-        coords = _backend.as_int32_coords(coords)
-        check_in_grid(coords, shape, batch)
+    if geometry.batch_size != batch:
+        raise ValueError(f"dense has batch size {batch} but the geometry {geometry.batch_size}")
+    shape, coords = geometry.spatial_shape, geometry.coords
     if coords.device != dense.device:
-        raise ValueError(f"coords are on {coords.device} but dense on {dense.device}")
+        raise ValueError(f"the geometry is on {coords.device} but dense on {dense.device}")
     h, w = shape
     if h % height or w % width:
         raise ValueError(
             f"the level grid {shape} must be the dense map's size {(height, width)} times an integer factor per "
-            f"axis; pool a finer map down first (e.g. F.avg_pool2d) or pass the right spatial_shape"
+            f"axis; pool a finer map down first (e.g. F.avg_pool2d) or gather at the level of the map's stride"
         )
     fy, fx = h // height, w // width
     b, y, x = coords.long().unbind(1)
@@ -85,42 +72,32 @@ def _linear_taps(i: torch.Tensor, factor: int, size: int, dtype: torch.dtype):
     return i0, i1, (src - i0).to(dtype)
 
 
-def scatter_dense(
-    feats: torch.Tensor,
-    coords: torch.Tensor | SparseGeometry,
-    spatial_shape: tuple[int, int] | None = None,
-    batch_size: int | None = None,
-    fill_value: float = 0.0,
-) -> torch.Tensor:
-    """A dense (B, C, h, w) map holding `feats` at the nodes and `fill_value` elsewhere (references, visualisation).
+def scatter_dense(feats: torch.Tensor, geometry: SparseGeometry, fill_value: float = 0.0) -> torch.Tensor:
+    """A dense (B, C, h, w) map holding `feats` at the sites and `fill_value` elsewhere (references, pictures).
 
     Args:
-        feats: (N, C), any dtype.
-        coords: int (N, 3) (batch, y, x), or a `SparseGeometry` (then spatial_shape/batch_size may be None).
-        spatial_shape: (h, w) of the level grid.
-        batch_size: B.
-        fill_value: value of the cells without a node (e.g. float("nan") to tell them apart).
+        feats: (N, C), any dtype, one row per site of `geometry`.
+        geometry: the sites on a (B, h, w) grid.
+        fill_value: value of the cells without a site (e.g. float("nan") to tell them apart).
     Returns:
-        (B, C, h, w) of `feats`' dtype, differentiable with respect to `feats`. Repeated coords (impossible in a
-        geometry) leave it unspecified which of their rows lands in the cell.
+        (B, C, h, w) of `feats`' dtype, differentiable with respect to `feats`.
     Note: this allocates the whole grid - it is for references and pictures, not for the sparse network.
     """
     if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
         raise ValueError("feats must be a tensor (N, C)")
-    if isinstance(coords, SparseGeometry):
-        geometry = SparseGeometry.of(coords, spatial_shape, batch_size)
-        shape, batch, coords = geometry.spatial_shape, geometry.batch_size, geometry.coords
-    else:
-        if spatial_shape is None or batch_size is None:
-            raise ValueError("with a coords tensor, spatial_shape (h, w) and batch_size are required")
-        shape, batch = check_spatial_shape(spatial_shape), check_batch_size(batch_size)
-        coords = _backend.as_int32_coords(coords)
-        check_in_grid(coords, shape, batch)
+    _check_geometry(geometry)
+    coords = geometry.coords
     if feats.shape[0] != coords.shape[0]:
-        raise ValueError(f"feats has {feats.shape[0]} rows but coords {coords.shape[0]}")
+        raise ValueError(f"feats has {feats.shape[0]} rows but the geometry {coords.shape[0]} sites")
     if coords.device != feats.device:
-        raise ValueError(f"coords are on {coords.device} but feats on {feats.device}")
-    out = feats.new_full((batch, feats.shape[1], *shape), fill_value)
+        raise ValueError(f"the geometry is on {coords.device} but feats on {feats.device}")
+    out = feats.new_full((geometry.batch_size, feats.shape[1], *geometry.spatial_shape), fill_value)
     b, y, x = coords.long().unbind(1)
     out[b, :, y, x] = feats
     return out
+
+
+def _check_geometry(geometry) -> None:
+    if not isinstance(geometry, SparseGeometry):
+        raise ValueError(f"geometry must be a SparseGeometry, got {type(geometry).__name__}; build one with "
+                         f"SparseGeometry(coords, (h, w), batch_size) or sparse_ops.level_geometry(tree, level)")

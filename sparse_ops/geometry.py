@@ -5,6 +5,11 @@ the sites (coords, grid shape, batch size) and caches every rulebook derived fro
 of the kernel (`indice_key(kernel_size, dilation)` = "subm_k{k}_d{d}"), never by hand-typed names. Pass the
 same geometry object to every conv of a level and the rulebook is built by the first and reused by the others.
 
+A quadtree is the carrier: `level_geometry(tree, level)` builds the geometry of a level on first use and keeps
+it with the level's nodes, and a tree grown by the network keeps the geometries it was computed with
+(`tree_level`). `grid` (every cell: a root level) and `children` (the next level of chosen sites) derive new
+geometries without re-validating them.
+
 The geometry itself is immutable (coords are validated and frozen at construction); only the cache of derived
 structures grows. `to_spconv_tensor` exposes the cached rulebooks to spconv's own modules under the same keys.
 """
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import quadtree
 from sparse_ops import backend, rulebook
 
 
@@ -48,7 +54,7 @@ class SparseGeometry:
     # ---- construction -----------------------------------------------------------------------------------------
     @classmethod
     def _trusted(cls, coords: torch.Tensor, spatial_shape: tuple[int, int], batch_size: int) -> "SparseGeometry":
-        """A geometry from int32 contiguous coords known to be unique and in-grid (derived by our own ops)."""
+        """A geometry from int32 contiguous coords known to be unique and in-grid (derived by the methods below)."""
         geometry = object.__new__(cls)
         object.__setattr__(geometry, "coords", coords)
         object.__setattr__(geometry, "spatial_shape", (int(spatial_shape[0]), int(spatial_shape[1])))
@@ -57,30 +63,22 @@ class SparseGeometry:
         return geometry
 
     @classmethod
-    def from_quadtree(cls, tree, level: int) -> "SparseGeometry":
-        """The nodes of `tree.levels[level]` on the level-`level` grid (a `quadtree.Quadtree`)."""
-        return cls(tree.levels[level].coords, tuple(tree.level_shape(level)), tree.batch_size)
+    def grid(cls, batch_size: int, spatial_shape: tuple[int, int], device: torch.device | str = "cpu"
+             ) -> "SparseGeometry":
+        """Every cell of a (batch_size, h, w) grid, in (batch, y, x) order (a quadtree's root level)."""
+        h, w = check_spatial_shape(spatial_shape)
+        return cls._trusted(quadtree.root_coords(check_batch_size(batch_size), h, w, device), (h, w), batch_size)
 
-    @classmethod
-    def of(cls, coords, spatial_shape=None, batch_size=None) -> "SparseGeometry":
-        """`coords` itself when it is a SparseGeometry (shape and batch size, if given, must match), else a new one.
+    def children(self, index: torch.Tensor | None = None) -> "SparseGeometry":
+        """The four children of the sites `index` (int64 (M,) unique rows; default all) on the (2h, 2w) grid.
 
-        Raises:
-            ValueError: a tensor without spatial_shape/batch_size, or a geometry whose shape or batch size
-                differs from the ones given.
+        Returns a geometry of 4M sites: rows 4i..4i+3 are the children of site index[i], in the quadtree's
+        (dy, dx) order (`quadtree.child_coords`).
         """
-        if isinstance(coords, SparseGeometry):
-            if spatial_shape is not None and tuple(int(s) for s in spatial_shape) != coords.spatial_shape:
-                raise ValueError(f"spatial_shape {tuple(spatial_shape)} differs from the geometry's "
-                                 f"{coords.spatial_shape}; pass None to use the geometry's")
-            if batch_size is not None and int(batch_size) != coords.batch_size:
-                raise ValueError(f"batch_size {batch_size} differs from the geometry's {coords.batch_size}; "
-                                 f"pass None to use the geometry's")
-            return coords
-        if spatial_shape is None or batch_size is None:
-            raise ValueError("with a coords tensor, spatial_shape (h, w) and batch_size are required "
-                             "(or pass a SparseGeometry instead of the tensor)")
-        return cls(coords, spatial_shape, batch_size)
+        parents = self.coords if index is None else self.coords[index]
+        h, w = self.spatial_shape
+        # children of unique in-grid parents are unique and in-grid: nothing to re-validate
+        return SparseGeometry._trusted(quadtree.child_coords(parents), (2 * h, 2 * w), self.batch_size)
 
     # ---- properties --------------------------------------------------------------------------------------------
     @property
@@ -141,9 +139,28 @@ class SparseGeometry:
         )
 
 
-def level_geometries(tree) -> list[SparseGeometry]:
-    """One `SparseGeometry` per level of a `quadtree.Quadtree` (build once per tree, pass to every op of a level)."""
-    return [SparseGeometry.from_quadtree(tree, level) for level in range(tree.depth + 1)]
+def level_geometry(tree, level: int) -> SparseGeometry:
+    """The geometry of `tree.levels[level]` (a `quadtree.Quadtree`): built and validated on first use, then kept
+    with the level's nodes (`QuadtreeLevel.derived`), so every op on that level of that tree shares its rulebooks."""
+    nodes = tree.levels[level]
+    shape = tree.level_shape(level)
+    key = _derived_key(shape, tree.batch_size)
+    if key not in nodes.derived:
+        nodes.derived[key] = SparseGeometry(nodes.coords, shape, tree.batch_size)
+    return nodes.derived[key]
+
+
+def tree_level(geometry: SparseGeometry, labels: torch.Tensor, parent: torch.Tensor) -> "quadtree.QuadtreeLevel":
+    """A `quadtree.QuadtreeLevel` of the sites of `geometry` that keeps `geometry` (what `level_geometry` returns
+    for it in a tree whose level grid and batch size are the geometry's): a tree grown level by level by the
+    network carries the rulebooks it was computed with."""
+    nodes = quadtree.QuadtreeLevel(geometry.coords, labels, parent)
+    nodes.derived[_derived_key(geometry.spatial_shape, geometry.batch_size)] = geometry
+    return nodes
+
+
+def _derived_key(shape: tuple[int, int], batch_size: int) -> tuple:
+    return ("sparse_geometry", tuple(shape), batch_size)
 
 
 def check_spatial_shape(spatial_shape) -> tuple[int, int]:
@@ -190,12 +207,12 @@ def _check_sites(coords: torch.Tensor, shape: tuple[int, int], batch_size: int) 
     check_in_grid(coords, shape, batch_size)
     if coords.shape[0] < 2:
         return
-    if coords.device.type == "cpu":
-        array = coords.numpy().astype(np.int64)
-        keys = np.sort((array[:, 0] * shape[0] + array[:, 1]) * shape[1] + array[:, 2])
+    keys = quadtree.flat_index(coords, shape)
+    if coords.device.type == "cpu":  # numpy's sort is single-threaded: quick also when other jobs hold the cores
+        keys = np.sort(keys.numpy())
         repeats = int(np.count_nonzero(keys[1:] == keys[:-1]))
     else:
-        keys = torch.sort((coords[:, 0].long() * shape[0] + coords[:, 1].long()) * shape[1] + coords[:, 2].long())[0]
+        keys = torch.sort(keys)[0]
         repeats = int((keys[1:] == keys[:-1]).sum())
     if repeats:
         raise ValueError(f"coords holds duplicate sites ({repeats} repeats); each (batch, y, x) may be active once")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -32,9 +33,7 @@ _CHUNK_ELEMENTS = 1 << 22
 
 def submanifold_conv2d(
     feats: torch.Tensor,
-    coords: torch.Tensor | SparseGeometry,
-    spatial_shape: tuple[int, int] | None,
-    batch_size: int | None,
+    geometry: SparseGeometry,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     dilation: int = 1,
@@ -43,20 +42,20 @@ def submanifold_conv2d(
     """Submanifold convolution of the features of active sites (see the module docstring for the definition).
 
     Args:
-        feats: float (N, C_in), one row per active site.
-        coords: int (N, 3) (batch, y, x) tensor - any integer dtype or layout, converted to int32 contiguous - or
-            a `SparseGeometry` of the sites. Pass the same geometry to every conv of a level: its rulebooks are
-            built once and reused. With a tensor a throwaway geometry is built (and validated) per call.
-        spatial_shape: (h, w) of the grid; may be None with a geometry.
-        batch_size: B; may be None with a geometry.
+        feats: float (N, C_in), one row per site of `geometry`.
+        geometry: the sites (`sparse_ops.level_geometry(tree, level)` for a quadtree level, or
+            `SparseGeometry(coords, (h, w), batch_size)`). Its rulebooks are built by the first conv and reused by
+            every later one on the same geometry.
         weight: (C_out, C_in, k, k) as for `F.conv2d`, k odd, same dtype and device as `feats`.
         bias: (C_out,) or None.
         dilation: positive int.
         backend: "auto", "spconv" or "torch" (see `backend.BACKENDS` and `backend.resolve_backend`).
     Returns:
-        (N, C_out) of `feats`' dtype (the autocast dtype under autocast), rows in the order of `coords`.
+        (N, C_out) of `feats`' dtype (the autocast dtype under autocast), rows in the order of the sites.
     """
-    geometry = SparseGeometry.of(coords, spatial_shape, batch_size)
+    if not isinstance(geometry, SparseGeometry):
+        raise ValueError(f"geometry must be a SparseGeometry, got {type(geometry).__name__}; build one with "
+                         f"SparseGeometry(coords, (h, w), batch_size) or sparse_ops.level_geometry(tree, level)")
     if isinstance(feats, torch.Tensor):
         feats, weight, bias = _backend.autocast_inputs(feats.device, feats, weight, bias)
     _check_conv_args(feats, geometry, weight, bias, dilation)
@@ -214,6 +213,7 @@ class SubMConv2d(nn.Module):
         backend: "auto" (the device's default), "spconv" or "torch".
     Shape:
         forward(feats (N, C_in), geometry: SparseGeometry) -> (N, C_out).
+        forward_dense(x (B, C_in, H, W)) -> (B, C_out, H, W): the dense twin, same weights.
     Attributes:
         weight: (C_out, C_in, k, k), initialised like `nn.Conv2d`'s.
         bias: (C_out,) or None.
@@ -242,10 +242,16 @@ class SubMConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, feats: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
-        if not isinstance(geometry, SparseGeometry):
-            raise ValueError("SubMConv2d.forward needs a SparseGeometry (e.g. SparseGeometry(coords, (h, w), B) "
-                             "or SparseGeometry.from_quadtree(tree, level)), built once per level")
-        return submanifold_conv2d(feats, geometry, None, None, self.weight, self.bias, self.dilation, self.backend)
+        return submanifold_conv2d(feats, geometry, self.weight, self.bias, self.dilation, self.backend)
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense twin: the same convolution at every pixel of x (B, C_in, H, W) -> (B, C_out, H, W)."""
+        return F.conv2d(x, self.weight, self.bias, padding=self.dilation * (self.kernel_size // 2),
+                        dilation=self.dilation)
+
+    def macs_per_site(self) -> int:
+        """Multiply-accumulates per output site, all k*k taps counted (as the dense twin computes them)."""
+        return self.in_channels * self.out_channels * self.kernel_size ** 2
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

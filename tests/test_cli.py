@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import quadtree as qt
-from training.cli import main
+from qgn_cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "street_mask.png"
 
@@ -47,7 +47,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 
 
 def test_console_script_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "training.cli", "stats", str(EXAMPLE), "--depth", "5"],
+    result = subprocess.run([sys.executable, "-m", "qgn_cli", "stats", str(EXAMPLE), "--depth", "5"],
                             capture_output=True, text=True, check=True)
     assert "total nodes" in result.stdout
 
@@ -55,10 +55,10 @@ def test_console_script_runs_as_a_module():
 def test_train_flags_override_the_config_file(tmp_path, capsys):
     import yaml
 
-    from training.trainer import load_checkpoint
+    from qgn.checkpoint import load_checkpoint
 
     config = {"model": {"num_classes": 6, "depth": 3, "encoder_channels": [8, 12], "decoder_channels": [12, 10, 8, 6]},
-              "data": {"dataset": "synthetic:4,size=32", "depth": 3, "num_classes": 6},
+              "data": {"dataset": "synthetic:4,size=32"},
               "train": {"epochs": 5, "batch_size": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "1", "--crop", "32", "--out",
@@ -80,6 +80,9 @@ def test_train_reports_bad_input(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("model: {num_class: 3}\n")
     assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "unknown QGNConfig fields" in capsys.readouterr().err
+    assert main(["train", "--data", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "r")]) == 2
+    assert "folder data sets need the number of classes: pass --num-classes C" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     config = RunConfig(
         model=QGNConfig(num_classes=6, depth=3, encoder_channels=(8, 12), decoder_channels=(12, 10, 8, 6)),
-        data=DataConfig(dataset="synthetic:4,size=32", num_classes=6, depth=3, augment=AugmentConfig(crop=(32, 32))),
+        data=DataConfig(dataset="synthetic:4,size=32", augment=AugmentConfig(crop=(32, 32))),
         train=TrainConfig(epochs=1, batch_size=2, progress=False))
     train(config, out)
     return out / "last.pt"
@@ -114,6 +117,58 @@ def test_eval_every_depth_and_sweep(tmp_path, tiny_checkpoint, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_runs_written_with_the_model_facts_also_in_the_data_section_resume_and_predict(tmp_path, tiny_checkpoint,
+                                                                                      capsys):
+    """config.yaml and checkpoints (version 1) of the layout before: data.num_classes, depth, in_channels and
+    ignore_index beside the model's. They load; a data section that contradicts the model is refused, naming the
+    field's home."""
+    import shutil
+
+    import torch
+    import yaml
+
+    from qgn import load_predictor
+    from qgn.checkpoint import load_checkpoint
+    from training.config import RunConfig
+    from training.datasets import dataset_for
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_checkpoint.parent, run)
+    before = {"num_classes": 6, "ignore_index": 255, "depth": 3, "in_channels": 3}
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(run / name)
+        state["config"]["data"].update(before)
+        torch.save(state, run / name)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update(before)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    predictor = load_predictor(run / "best.pt")
+    stored = RunConfig.from_dict(predictor.config)  # what qgn eval reads
+    assert stored.model == predictor.model.config and stored.model.depth == 3
+    assert len(dataset_for(stored.data, stored.model, stored.data.dataset, "val")) == 4
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert load_checkpoint(run / "last.pt")["progress"]["step"] == 4
+    assert not set(before) & set(yaml.safe_load((run / "config.yaml").read_text())["data"])  # one home now
+
+    config["data"]["depth"] = 4
+    (tmp_path / "contradicts.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "contradicts.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "data.depth = 4 contradicts model.depth = 3" in capsys.readouterr().err
+
+
+def test_a_single_tree_decodes_to_one_mask_file_and_a_batch_to_one_png_per_image(tmp_path):
+    mask = np.arange(48, dtype=np.uint8).reshape(6, 8) % 3
+    qt.save(qt.encode(mask, 1), tmp_path / "one.npz")
+    qt.save(qt.encode(np.stack([mask, mask[::-1]]), 1), tmp_path / "two.npz")
+    assert main(["decode", str(tmp_path / "one.npz"), str(tmp_path / "two.npz"), "--out", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["one.png", "two_0.png", "two_1.png"]
+    assert np.array_equal(qt.read_mask(tmp_path / "o" / "two_1.png"), mask[::-1])
+    assert main(["decode", str(tmp_path / "two.npz"), "--format", "tiff", "--out", str(tmp_path / "t")]) == 0
+    assert qt.read_mask(tmp_path / "t" / "two.tiff").shape == (2, 6, 8)
+
+
 def test_infer_writes_labels_tree_and_overlay(tmp_path, tiny_checkpoint, capsys):
     from PIL import Image
 
@@ -126,7 +181,7 @@ def test_infer_writes_labels_tree_and_overlay(tmp_path, tiny_checkpoint, capsys)
         assert labels.mode == "P" and labels.size == shape[::-1]
         tree = qt.load(tmp_path / "out" / f"{stem}_tree.npz")
         assert tree.image_size == shape and tree.levels[3].num_nodes == 0  # max depth 2
-        assert np.array_equal(qt.decode(tree).numpy(), np.array(labels))
+        assert np.array_equal(qt.decode(tree)[0].numpy(), np.array(labels))
         assert Image.open(tmp_path / "out" / f"{stem}_overlay.png").size == shape[::-1]
     import tifffile
 
@@ -148,8 +203,8 @@ def test_bench_passes_its_arguments_to_the_benchmark_script(capsys):
 def test_precision_flags_of_eval_infer_and_train(tmp_path, tiny_checkpoint, capsys):
     from PIL import Image
 
+    from qgn.checkpoint import load_checkpoint
     from qgn.precision import tf32_enabled
-    from training.trainer import load_checkpoint
 
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--limit", "1", "--max-depth", "3", "--amp", "bf16",
                  "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
@@ -191,12 +246,12 @@ def test_infer_reports_unreadable_images(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_version_help_defaults_and_a_closed_pipe():
-    done = subprocess.run([sys.executable, "-m", "training.cli", "--version"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "qgn_cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("qgn 0.")
-    text = subprocess.run([sys.executable, "-m", "training.cli", "train", "--help"], capture_output=True,
+    text = subprocess.run([sys.executable, "-m", "qgn_cli", "train", "--help"], capture_output=True,
                           text=True).stdout
     assert "(default 10)" in text and "(default 0.002)" in text and "(default auto)" in text
-    piped = subprocess.run(f"{sys.executable} -m training.cli stats {EXAMPLE} --depth 5 --json | head -1",
+    piped = subprocess.run(f"{sys.executable} -m qgn_cli stats {EXAMPLE} --depth 5 --json | head -1",
                            shell=True, capture_output=True, text=True)
     assert piped.stdout.strip() == "[" and "Traceback" not in piped.stderr and "Error" not in piped.stderr
 
@@ -204,13 +259,14 @@ def test_version_help_defaults_and_a_closed_pipe():
 def test_flags_override_the_config_file_and_depth_mismatches_are_explained(tmp_path, capsys):
     import yaml
 
-    from training.cli import build_parser, run_config_from_args
+    from qgn_cli import build_parser
+    from qgn_cli.train import run_config_from_args
 
     (tmp_path / "f.yaml").write_text(yaml.safe_dump({"data": {"dataset": "synthetic:4,size=32"}}))
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "f.yaml"), "--num-classes", "2",
                                       "--out", str(tmp_path / "r")])
     config = run_config_from_args(args)
-    assert config.model.num_classes == config.data.num_classes == 2
+    assert config.model.num_classes == 2
     (tmp_path / "g.yaml").write_text(yaml.safe_dump({"model": {"encoder_channels": [8, 12, 16, 24],
                                                                 "decoder_channels": [8] * 6}}))
     assert main(["train", "--config", str(tmp_path / "g.yaml"), "--depth", "4", "--out", str(tmp_path / "r")]) == 2
@@ -222,7 +278,7 @@ def test_ctrl_c_ends_training_with_one_line_naming_the_checkpoint_and_the_resume
     import time
 
     run = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--data", "synthetic:64,size=64",
+    process = subprocess.Popen([sys.executable, "-m", "qgn_cli", "train", "--data", "synthetic:64,size=64",
                                 "--depth", "3", "--crop", "32", "--epochs", "50", "--no-progress", "--out", str(run)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -240,7 +296,7 @@ def test_ctrl_c_ends_training_with_one_line_naming_the_checkpoint_and_the_resume
 def test_bench_writes_where_it_is_told_and_takes_no_ratio_from_no_memory_growth(tmp_path):
     import runpy
 
-    from training.cli import BENCH_SCRIPT
+    from qgn_cli.bench import BENCH_SCRIPT
 
     bench = runpy.run_path(str(BENCH_SCRIPT), run_name="qgn_bench")
     args = bench["parse_args"](["--out", str(tmp_path / "b")])

@@ -6,9 +6,10 @@ import tifffile
 import torch
 from PIL import Image
 
+from qgn.config import QGNConfig
 from training.datasets import (
     CITYSCAPES_ID_TO_TRAIN_ID, DATASETS, DataConfig, LabelledImages, build_dataset, cityscapes_lut,
-    datasets_from_config, parse_synthetic_options, read_image, validate_dataset,
+    datasets_from_config, own_num_classes, parse_synthetic_options, read_image, validate_dataset,
 )
 from training.synthetic import SyntheticScenes
 from training.transforms import AugmentConfig, NormalizeConfig
@@ -188,6 +189,19 @@ def test_size_mismatch_and_rgb_masks(folder):
         ds[[p[0].stem for p in ds.pairs].index("gray8")]
 
 
+def test_16bit_and_unreadable_masks_are_reported(folder):
+    root, _ = folder
+    Image.fromarray(np.zeros((12, 16), np.uint16)).save(root / "masks" / "gray8.png")  # quadtree reads it; data sets
+    (root / "masks" / "rgb8.png").write_bytes(b"not a png")  # map 8-bit values only
+    ds = build_dataset(f"folder:{root}", num_classes=3, val_fraction=0)
+    with pytest.raises(ValueError) as error:
+        validate_dataset(ds)
+    message = str(error.value)
+    assert "2 invalid sample(s)" in message
+    assert "gray8.png holds uint16 values" in message and "single-channel 8-bit PNGs" in message
+    assert "cannot read mask" in message and "rgb8.png" in message
+
+
 def test_validate_counts_pixels(folder):
     root, _ = folder
     ds = build_dataset(f"folder:{root}", num_classes=3, val_fraction=0)
@@ -305,14 +319,30 @@ def test_sunrgbd_layout_and_label_mapping(tmp_path):
 # ---- configuration -------------------------------------------------------------------------------------------
 
 
-def test_data_config_checks_crop_and_builds_both_splits():
-    with pytest.raises(ValueError, match="nearest valid height: 32 or 64"):
-        DataConfig(depth=5, augment=AugmentConfig(crop=(48, 64)))
-    cfg = DataConfig(dataset="synthetic:4,size=48x80", depth=4, augment=AugmentConfig(crop=(32, 48)))
-    train, val = datasets_from_config(cfg, generator=torch.Generator().manual_seed(0))
-    assert train[0][0].shape == (3, 32, 48) and train[0][1].shape == (32, 48)  # augmented
-    assert val[0][0].shape == (3, 48, 80)  # not augmented
+def test_data_config_builds_both_splits_with_the_models_classes_and_channels():
+    cfg = DataConfig(dataset="synthetic:4,size=48x80", augment=AugmentConfig(crop=(32, 48)))
+    model = QGNConfig.for_depth(4, num_classes=4, in_channels=1, ignore_index=254)
+    train, val = datasets_from_config(cfg, model, generator=torch.Generator().manual_seed(0))
+    assert train[0][0].shape == (1, 32, 48) and train[0][1].shape == (32, 48)  # augmented
+    assert val[0][0].shape == (1, 48, 80)  # not augmented
     assert val.split == "val" and train.split == "train"
+    assert train.num_classes == val.num_classes == 4 and train.ignore_index == 254
+    with pytest.raises(ValueError, match="crop height 48 is not a positive multiple of 2\\*\\*depth = 32"):
+        datasets_from_config(DataConfig(augment=AugmentConfig(crop=(48, 64))), QGNConfig())
+
+
+def test_own_num_classes_comes_from_the_spec_alone(tmp_path):
+    assert own_num_classes("synthetic") == build_dataset("synthetic:1,size=32").num_classes == 6
+    assert own_num_classes("synthetic:street,4") == 19 and own_num_classes("synthetic:classes=4") == 4
+    missing = tmp_path / "missing"  # no file is read
+    assert (own_num_classes(f"cityscapes:{missing}"), own_num_classes(f"ade20k:{missing}"),
+            own_num_classes(f"sunrgbd:{missing}")) == (19, 150, 37)
+    with pytest.raises(ValueError, match="folder data sets need the number of classes: pass --num-classes C"):
+        own_num_classes(f"folder:{missing}")
+    with pytest.raises(ValueError, match="valid data sets: synthetic, folder"):
+        own_num_classes("nosuch:x")
+    with pytest.raises(ValueError, match="needs a path: ade20k:PATH"):
+        own_num_classes("ade20k")
 
 
 def test_data_config_reports_bad_files_before_training(folder):
@@ -321,7 +351,7 @@ def test_data_config_reports_bad_files_before_training(folder):
     mask[2, 2] = 9
     write_mask(root / "masks" / "photo.png", mask)
     with pytest.raises(ValueError, match=r"photo.png holds label values \[9\]"):
-        datasets_from_config(DataConfig(dataset=f"folder:{root}", num_classes=3, depth=2))
+        datasets_from_config(DataConfig(dataset=f"folder:{root}"), QGNConfig.for_depth(2, num_classes=3))
 
 
 def test_real_16bit_microscopy_image_with_percentile_scaling(tmp_path, nuclei):
@@ -369,16 +399,16 @@ def binary_folder(root, values=(0, 255)):
 
 def test_masks_with_one_class_besides_ignore_are_refused_with_the_label_map_fix(tmp_path):
     binary_folder(tmp_path)
-    cfg = DataConfig(dataset=f"folder:{tmp_path}", num_classes=2, depth=2, val_fraction=0.34)
+    cfg, model = DataConfig(dataset=f"folder:{tmp_path}", val_fraction=0.34), QGNConfig.for_depth(2, num_classes=2)
     with pytest.raises(ValueError, match=r"only class 0 besides the ignore label 255.*--label-map 255:1"):
-        datasets_from_config(cfg)
-    cfg = DataConfig(dataset=f"folder:{tmp_path}", num_classes=2, depth=2, val_fraction=0.34, label_map={255: 1})
-    train, _ = datasets_from_config(cfg)
+        datasets_from_config(cfg, model)
+    cfg = DataConfig(dataset=f"folder:{tmp_path}", val_fraction=0.34, label_map={255: 1})
+    train, _ = datasets_from_config(cfg, model)
     assert train.data_report["ignore_fraction"] == 0 and train.data_report["missing_classes"] == []
     assert set(torch.unique(train[0][1]).tolist()) <= {0, 1}
     with pytest.warns(UserWarning, match=r"classes 2 never occur"):
-        datasets_from_config(DataConfig(dataset=f"folder:{tmp_path}", num_classes=3, depth=2, val_fraction=0.34,
-                                        label_map={255: 1}))
+        datasets_from_config(DataConfig(dataset=f"folder:{tmp_path}", val_fraction=0.34, label_map={255: 1}),
+                             QGNConfig.for_depth(2, num_classes=3))
     with pytest.raises(ValueError, match="neither a class"):
         build_dataset(f"folder:{tmp_path}", num_classes=2, label_map={255: 7})
 
@@ -389,9 +419,9 @@ def test_auto_normalisation_is_resolved_from_the_training_images(tmp_path, nucle
     for name, rows in (("top", slice(0, 256)), ("bottom", slice(256, 512))):
         save_png(tmp_path / "images" / f"{name}.png", image[rows])
         write_mask(tmp_path / "masks" / f"{name}.png", (nuclei["instances"][rows] > 0).astype(np.uint8))
-    cfg = DataConfig(dataset=f"folder:{tmp_path}", num_classes=2, depth=3, in_channels=1, val_fraction=0.5)
+    cfg = DataConfig(dataset=f"folder:{tmp_path}", val_fraction=0.5)
     assert cfg.normalize.mode == "auto"
-    train, val = datasets_from_config(cfg)
+    train, val = datasets_from_config(cfg, QGNConfig.for_depth(3, num_classes=2, in_channels=1))
     assert cfg.normalize.mode == "fixed" and train.normalize is cfg.normalize and val.normalize is cfg.normalize
     pixels = train[0][0]
     assert abs(float(pixels.mean())) < 0.5 and 0.5 < float(pixels.std()) < 2  # standardised, not near-constant

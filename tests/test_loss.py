@@ -43,7 +43,7 @@ def test_mixed_weight_and_dense_full_resolution_loss():
     root_logits = torch.randn(4, 3)
     criterion = QuadtreeLoss(2, 1, LossConfig(mixed_weight=2.0))
     full = torch.randn(1, 2, 4, 4)
-    masks = qt.decode(tree, dtype=torch.int64)[None]
+    masks = qt.decode(tree, dtype=torch.int64)  # (1, H, W)
     losses = criterion([root_logits, torch.randn(4, 2)], tree, full_logits=full, masks=masks)
     weights = torch.tensor([1.0, 2.0, 1.0])  # targets 1, MIXED, 0
     terms = torch.stack([nll(root_logits[0], 1), nll(root_logits[1], 2), nll(root_logits[3], 0)])

@@ -32,7 +32,7 @@ def policy_when_torch_loads(module: str, **settings: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("module", ["quadtree", "sparse_ops", "qgn", "training", "training.cli", "training.trainer"])
+@pytest.mark.parametrize("module", ["quadtree", "sparse_ops", "qgn", "training", "qgn_cli", "training.trainer"])
 def test_set_before_torch_loads(module):
     assert policy_when_torch_loads(module) == "PASSIVE 3000"
 

@@ -16,8 +16,7 @@ from training.transforms import AugmentConfig
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     train(RunConfig(model=QGNConfig.for_depth(3, num_classes=6),
-                    data=DataConfig(dataset="synthetic:4,size=32", num_classes=6, depth=3,
-                                    augment=AugmentConfig(crop=(32, 32))),
+                    data=DataConfig(dataset="synthetic:4,size=32", augment=AugmentConfig(crop=(32, 32))),
                     train=TrainConfig(epochs=1, batch_size=2, progress=False, test=False)), out)
     return out / "last.pt"
 
@@ -39,6 +38,8 @@ def test_raw_images_get_the_checkpoints_normalisation(checkpoint):
     assert batch.labels.shape == (2, 37, 50) and torch.equal(batch.labels[1], expected.labels[0])
     several = predictor.predict([image, image[:20, :30]])
     assert [p.labels.shape for p in several] == [(1, 37, 50), (1, 20, 30)]
+    measured, cost = predictor.measure(image)
+    assert torch.equal(measured.labels, expected.labels) and cost.macs > 0 and cost.seconds > 0
 
 
 def test_gray_and_16_bit_images(checkpoint):

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from qgn.stem import PixelStem, gather_patches
+from sparse_ops import SparseGeometry
 from rounding import AUTOCAST_PARAMS, assert_within_rounding
 
 
@@ -26,7 +27,7 @@ def test_pixel_stem_equals_its_dense_conv_outputs_and_gradients():
         images = torch.randn(2, 3, 8, 12, dtype=torch.float64, requires_grad=True)
         h, w = 8 // stride, 12 // stride
         coords = torch.nonzero(torch.rand(2, h, w) > 0.5).int()
-        sparse = stem(images, coords)
+        sparse = stem(images, SparseGeometry(coords, (h, w), 2))
         dense = stem.forward_dense(images)[coords[:, 0].long(), :, coords[:, 1].long(), coords[:, 2].long()]
         torch.testing.assert_close(sparse, dense)
         grads_sparse = torch.autograd.grad(sparse.square().sum(), [images, stem.weight, stem.bias])
@@ -42,7 +43,7 @@ def test_pixel_stem_under_autocast_is_a_low_precision_matmul(device, dtype):
     images = torch.randn(2, 3, 8, 12, device=device)
     coords = torch.nonzero(torch.rand(2, 4, 6) > 0.5).int().to(device)
     with torch.autocast(torch.device(device).type, dtype=dtype):
-        sparse = stem(images, coords)
+        sparse = stem(images, SparseGeometry(coords, (4, 6), 2))
     assert sparse.dtype == dtype
     patches = gather_patches(images, coords, 3, 2).to(dtype).double()
     weight, bias = stem.weight.flatten(1).to(dtype).double(), stem.bias.to(dtype).double()

@@ -22,11 +22,11 @@ def test_split_and_merge_are_inverse(seed, batch):
     parts = tree.split()
     assert len(parts) == batch
     for part, mask in zip(parts, masks):
-        assert part.batch_size == 1 and not part.batched
+        assert part.batch_size == 1
         assert part.equal(qt.encode(mask, 3))
         qt.check_structure(part)
     merged = qt.Quadtree.merge(parts)
-    assert merged.equal(tree) and merged.batched
+    assert merged.equal(tree)
     qt.check_structure(merged)
 
 
@@ -48,6 +48,25 @@ def test_geometry_attributes():
     assert [tree.stride(l) for l in range(5)] == [16, 8, 4, 2, 1]
     with pytest.raises(ValueError, match="levels 0..4"):
         tree.level_shape(5)
+
+
+def test_trees_compare_by_identity_and_equal_compares_contents():
+    mask = random_masks(0, 1)[0]
+    a, b = qt.encode(mask, 2), qt.encode(mask, 2)
+    assert a == a and a != b and not a == b  # no "Boolean value of Tensor is ambiguous": identity, like tensors
+    assert a.levels[0] != b.levels[0] and len({a, b}) == 2  # hashable by identity
+    assert a.equal(b) and a.levels[1].equal(b.levels[1])
+    other = mask.copy()
+    other[0, 0] = 7
+    assert not a.equal(qt.encode(other, 2)) and not a.equal(qt.encode(mask, 3))
+
+
+def test_flat_index_is_the_row_major_position():
+    grid = torch.arange(2 * 3 * 5).reshape(2, 3, 5)
+    coords = torch.tensor([[0, 0, 0], [0, 2, 4], [1, 0, 3], [1, 2, 1]], dtype=torch.int32)
+    index = qt.flat_index(coords, (3, 5))
+    assert index.dtype == torch.int64
+    assert index.tolist() == [grid[b, y, x].item() for b, y, x in coords.tolist()]
 
 
 def test_tree_is_immutable_and_to_returns_a_new_tree():

@@ -38,8 +38,7 @@ def test_every_python_snippet_runs_verbatim(tmp_path, monkeypatch):
 
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     train(RunConfig(model=QGNConfig.for_depth(3, num_classes=6),
-                    data=DataConfig(dataset="synthetic:4,size=32", num_classes=6, depth=3,
-                                    augment=AugmentConfig(crop=(32, 32))),
+                    data=DataConfig(dataset="synthetic:4,size=32", augment=AugmentConfig(crop=(32, 32))),
                     train=TrainConfig(epochs=1, batch_size=2, progress=False, test=False)),
           tmp_path / "runs" / "demo" / "run_qgn")
     monkeypatch.chdir(tmp_path)

@@ -16,12 +16,10 @@ def test_backend_names():
 
 def test_auto_is_the_measured_default_of_the_device():
     assert backend.resolve_backend("auto", "cpu") == backend.DEFAULT_BACKEND["cpu"] == "torch"
-    if backend.spconv_available():
-        assert backend.resolve_backend("auto", "cuda") == backend.DEFAULT_BACKEND["cuda"] == "spconv"
-        assert backend.resolve_backend("spconv", "cpu") == "spconv"  # asked for by name: kept
+    assert backend.resolve_backend("auto", "cuda") == backend.DEFAULT_BACKEND["cuda"] == "spconv"
+    assert backend.resolve_backend("spconv", "cpu") == "spconv"  # asked for by name: kept
 
 
-@pytest.mark.skipif(not backend.spconv_available(), reason="spconv missing")
 def test_spconv_never_gets_a_dtype_it_has_no_kernels_for():
     assert backend.resolve_backend("spconv", "cpu", torch.bfloat16) == "torch"
     assert backend.resolve_backend("auto", "cuda", torch.bfloat16) == "torch"
@@ -46,16 +44,19 @@ def test_autocast_inputs_follow_autocast_rules():
     assert cast[0].dtype == torch.bfloat16 and cast[1] is x64 and cast[2] is index and cast[3] is None
 
 
-def test_spconv_falls_back_to_torch_with_a_warning(monkeypatch):
+def test_spconv_asked_for_by_name_never_runs_something_else(monkeypatch):
+    """Without spconv an explicit backend='spconv' raises (tests and users who asked for it must not silently get
+    the torch backend); 'auto' runs torch, with a warning where spconv would have been the default."""
     monkeypatch.setattr(backend, "_import_spconv", lambda: (None, ImportError("no spconv here")))
-    with pytest.warns(UserWarning, match="falls back to backend='torch'"):
-        assert backend.resolve_backend("spconv") == "torch"
+    with pytest.raises(RuntimeError, match="no spconv here"):
+        backend.resolve_backend("spconv")
     assert backend.resolve_backend("auto", "cpu") == "torch"  # the CPU default needs no spconv
+    with pytest.warns(UserWarning, match="spconv is not importable"):
+        assert backend.resolve_backend("auto", "cuda") == "torch"
     with pytest.raises(RuntimeError, match="no spconv here"):
         backend.spconv_api()
 
 
-@pytest.mark.skipif(not backend.spconv_available(), reason="spconv missing")
 def test_algorithm_from_device():
     algo = backend.spconv_api().ConvAlgo
     assert backend.conv_algo(torch.device("cpu"), 9) == algo.Native

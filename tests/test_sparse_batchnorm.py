@@ -70,3 +70,23 @@ def test_autocast_keeps_float32_statistics(device, dtype):
     torch.testing.assert_close(bn.running_var.cpu().double(), exact.var(0), rtol=2 ** -16, atol=0)
     normalised = (exact - exact.mean(0)) / (exact.var(0, unbiased=False) + bn.eps).sqrt()
     assert_within_rounding(out, normalised, normalised.abs(), dtype, terms=1)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_forward_dense_follows_batchnorm2d(momentum):
+    """The dense twin is nn.BatchNorm2d with the same parameters and bookkeeping: momentum None is BatchNorm's
+    cumulative average (not 0), num_batches_tracked counts, eval uses the running statistics."""
+    torch.manual_seed(0)
+    ours, reference = NodeBatchNorm(3, momentum=momentum), torch.nn.BatchNorm2d(3, momentum=momentum)
+    reference.load_state_dict(ours.state_dict())
+    for step in range(3):
+        x = torch.randn(2, 3, 4, 5) * (step + 1) + step
+        torch.testing.assert_close(ours.forward_dense(x), reference(x))
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(dict(ours.named_buffers())[name], buffer)
+    assert int(ours.num_batches_tracked) == 3
+    ours.eval(), reference.eval()
+    x = torch.randn(1, 3, 2, 2)
+    torch.testing.assert_close(ours.forward_dense(x), reference(x))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        ours.forward_dense(torch.randn(4, 3))

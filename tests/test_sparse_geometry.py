@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import quadtree
-from sparse_ops import SparseGeometry, level_geometries, submanifold_conv2d
-from sparse_ops.backend import spconv_api, spconv_available
+from sparse_ops import SparseGeometry, level_geometry, submanifold_conv2d, tree_level
+from sparse_ops.backend import spconv_api
 
 
 def test_construction_normalises_coords():
@@ -16,8 +16,6 @@ def test_construction_normalises_coords():
     geometry = SparseGeometry(coords, (6, 5), 2)
     assert geometry.coords.dtype == torch.int32 and geometry.coords.is_contiguous()
     assert geometry.spatial_shape == (6, 5) and geometry.batch_size == 2 and len(geometry) == coords.shape[0]
-    assert SparseGeometry.of(geometry) is geometry
-    assert SparseGeometry.of(geometry, (6, 5), 2) is geometry
     assert len(SparseGeometry(torch.zeros(0, 3, dtype=torch.int32), (3, 3), 1)) == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         geometry.coords = coords
@@ -33,11 +31,12 @@ def test_validation():
         SparseGeometry(coords, (4,), 1)
     with pytest.raises(ValueError, match="batch_size"):
         SparseGeometry(coords, (4, 4), 0)
-    geometry = SparseGeometry(coords, (4, 4), 1)
-    with pytest.raises(ValueError, match="differs"):
-        SparseGeometry.of(geometry, (8, 8), None)
-    with pytest.raises(ValueError, match="differs"):
-        SparseGeometry.of(geometry, None, 2)
+    with pytest.raises(ValueError, match="outside the grid"):
+        SparseGeometry(torch.tensor([[0, 1, 1], [0, -1, 0]]), (4, 4), 1)
+    with pytest.raises(ValueError, match="integer"):
+        SparseGeometry(coords.float(), (4, 4), 1)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        SparseGeometry(coords[:, :2], (4, 4), 1)
 
 
 def test_cache_keys_derive_from_kernel_geometry():
@@ -51,14 +50,13 @@ def test_cache_keys_derive_from_kernel_geometry():
     assert moved is geometry
 
 
-@pytest.mark.skipif(not spconv_available(), reason="spconv missing")
 def test_spconv_modules_reuse_our_rulebook():
     api = spconv_api()
     g = torch.Generator().manual_seed(0)
     geometry = SparseGeometry(torch.nonzero(torch.rand(2, 10, 9, generator=g) < 0.4), (10, 9), 2)
     feats = torch.randn(len(geometry), 4, dtype=torch.float64, generator=g)
     weight = torch.randn(6, 4, 3, 3, dtype=torch.float64, generator=g)
-    ours = submanifold_conv2d(feats, geometry, None, None, weight, dilation=2)
+    ours = submanifold_conv2d(feats, geometry, weight, dilation=2)
     data = geometry.spconv_rulebook(3, 2)
     layer = api.spconv.SubMConv2d(4, 6, 3, dilation=2, bias=False, indice_key=geometry.indice_key(3, 2),
                                   algo=api.ConvAlgo.Native).double()
@@ -71,8 +69,37 @@ def test_spconv_modules_reuse_our_rulebook():
     torch.testing.assert_close(out.features, ours, atol=1e-12, rtol=0)
 
 
-def test_from_quadtree(nuclei):
+def test_level_geometry_is_kept_with_the_tree(nuclei):
     tree = quadtree.encode((nuclei["instances"] > 0).astype(np.uint8), depth=5)
-    for level, geometry in enumerate(level_geometries(tree)):
+    for level in range(tree.depth + 1):
+        geometry = level_geometry(tree, level)
         assert geometry.spatial_shape == tree.level_shape(level) and geometry.batch_size == 1
         assert torch.equal(geometry.coords, tree.levels[level].coords)
+        assert level_geometry(tree, level) is geometry  # built once, rulebooks shared by every op of the level
+    # a tree on another device, or a split/merged one, has new levels and so builds its own
+    assert level_geometry(tree.to("cpu"), 5) is not level_geometry(tree, 5)
+
+
+def test_grid_and_children_are_the_quadtree_levels(nuclei):
+    """grid() is the root level and children(index) of the MIXED nodes is the next level, sites and order."""
+    mask = torch.from_numpy((nuclei["instances"] % 20).astype(np.uint8))
+    tree = quadtree.encode(torch.stack([mask, mask.flip(0)]), depth=5)
+    geometry = SparseGeometry.grid(2, tree.level_shape(0))
+    assert torch.equal(geometry.coords, tree.levels[0].coords)
+    for level in range(tree.depth):
+        mixed = torch.nonzero(tree.levels[level].labels == quadtree.MIXED).flatten()
+        geometry = geometry.children(mixed)
+        assert geometry.spatial_shape == tree.level_shape(level + 1)
+        assert torch.equal(geometry.coords, tree.levels[level + 1].coords)
+    whole = SparseGeometry(torch.tensor([[0, 0, 1], [1, 1, 0]]), (2, 3), 2).children()
+    assert whole.spatial_shape == (4, 6) and whole.coords.tolist() == [
+        [0, 0, 2], [0, 0, 3], [0, 1, 2], [0, 1, 3], [1, 2, 0], [1, 2, 1], [1, 3, 0], [1, 3, 1]]
+
+
+def test_tree_level_keeps_the_geometry_it_was_computed_with():
+    geometry = SparseGeometry.grid(1, (2, 2))
+    nodes = tree_level(geometry, torch.zeros(4, dtype=torch.long), torch.full((4,), -1))
+    empty = quadtree.QuadtreeLevel(torch.zeros(0, 3, dtype=torch.int32), torch.zeros(0, dtype=torch.long),
+                                   torch.zeros(0, dtype=torch.long))
+    tree = quadtree.Quadtree((nodes, empty), depth=1, batch_size=1, image_size=(4, 4))
+    assert level_geometry(tree, 0) is geometry

@@ -30,7 +30,6 @@ def test_neighbour_table_equals_brute_force(k, dilation):
     assert torch.equal(table, brute_force_table(coords, (9, 7), k, dilation))
 
 
-@pytest.mark.skipif(not backend.spconv_available(), reason="spconv missing")
 @pytest.mark.parametrize("k,dilation", [(3, 1), (5, 2)])
 def test_spconv_pairs_describe_the_same_neighbours(k, dilation):
     g = torch.Generator().manual_seed(0)

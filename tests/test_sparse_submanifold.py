@@ -9,10 +9,8 @@ import torch
 import quadtree
 from qgn.precision import fp32_math
 from rounding import AUTOCAST_PARAMS, DEVICES, assert_within_rounding
-from sparse_ops import SparseGeometry, SubMConv2d, dense_submanifold_conv2d, submanifold_conv2d
-from sparse_ops.backend import spconv_available
-
-BACKENDS = [pytest.param("spconv", marks=pytest.mark.skipif(not spconv_available(), reason="spconv missing")), "torch"]
+from sparse_ops import SparseGeometry, SubMConv2d, dense_submanifold_conv2d, level_geometry, submanifold_conv2d
+BACKENDS = ["spconv", "torch"]  # spconv is a requirement: its cases fail, not skip, when it does not import
 
 
 def random_sites(batch, h, w, fraction, seed):
@@ -22,13 +20,13 @@ def random_sites(batch, h, w, fraction, seed):
     return torch.nonzero(mask)
 
 
-def compare_with_dense(feats, coords, shape, batch, weight, bias, dilation, backend, atol=1e-12, rtol=1e-10):
+def compare_with_dense(feats, geometry, weight, bias, dilation, backend, atol=1e-12, rtol=1e-10):
     feats = feats.clone().requires_grad_(True)
     weight = weight.clone().requires_grad_(True)
     bias = None if bias is None else bias.clone().requires_grad_(True)
     leaves = [t for t in (feats, weight, bias) if t is not None]
-    out = submanifold_conv2d(feats, coords, shape, batch, weight, bias, dilation, backend)
-    ref = dense_submanifold_conv2d(feats, coords, shape, batch, weight, bias, dilation)
+    out = submanifold_conv2d(feats, geometry, weight, bias, dilation, backend)
+    ref = dense_submanifold_conv2d(feats, geometry, weight, bias, dilation)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
     grad = torch.randn_like(ref)
@@ -49,8 +47,9 @@ def test_matches_dense_conv(backend, batch, k, dilation):
     feats = torch.randn(n, 5, generator=g, dtype=torch.float64)
     weight = torch.randn(6, 5, k, k, generator=g, dtype=torch.float64)
     bias = torch.randn(6, generator=g, dtype=torch.float64)
-    compare_with_dense(feats, coords, (13, 17), batch, weight, bias, dilation, backend)
-    compare_with_dense(feats, coords, (13, 17), batch, weight, None, dilation, backend)
+    geometry = SparseGeometry(coords, (13, 17), batch)
+    compare_with_dense(feats, geometry, weight, bias, dilation, backend)
+    compare_with_dense(feats, geometry, weight, None, dilation, backend)
 
 
 def conv_inputs(k, seed=0, channels=32):
@@ -71,7 +70,7 @@ def exact_conv_and_grads(coords, feats, weight, bias, dilation, grad, dtype):
     for absolute in (False, True):
         leaves = [t.to(dtype).double().abs() if absolute else t.to(dtype).double() for t in (feats, weight, bias)]
         leaves = [t.requires_grad_(True) for t in leaves]
-        out = dense_submanifold_conv2d(leaves[0], coords, (40, 50), 2, leaves[1], leaves[2], dilation)
+        out = dense_submanifold_conv2d(leaves[0], SparseGeometry(coords, (40, 50), 2), leaves[1], leaves[2], dilation)
         g = grad.to(dtype).double()
         results.append((out, torch.autograd.grad(out, leaves, g.abs() if absolute else g)))
     k, sites = weight.shape[-1], feats.shape[0]
@@ -82,7 +81,7 @@ def exact_conv_and_grads(coords, feats, weight, bias, dilation, grad, dtype):
 def sparse_conv_and_grads(coords, feats, weight, bias, dilation, grad, backend, device, autocast_dtype=None):
     leaves = [t.to(device).requires_grad_(True) for t in (feats, weight, bias)]
     with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = submanifold_conv2d(leaves[0], coords.to(device), (40, 50), 2, leaves[1], leaves[2], dilation, backend)
+        out = submanifold_conv2d(leaves[0], SparseGeometry(coords.to(device), (40, 50), 2), leaves[1], leaves[2], dilation, backend)
     return out, torch.autograd.grad(out, leaves, grad.to(device).to(out.dtype))
 
 
@@ -150,7 +149,7 @@ def test_gradcheck(backend, k, dilation):
     bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
 
     def conv(f, w, b):
-        return submanifold_conv2d(f, geometry, None, None, w, b, dilation, backend)
+        return submanifold_conv2d(f, geometry, w, b, dilation, backend)
 
     assert torch.autograd.gradcheck(conv, (feats, weight, bias))
 
@@ -162,7 +161,7 @@ def test_empty_level(backend, k):
     feats = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(5, 4, k, k, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    out = submanifold_conv2d(feats, coords, (8, 8), 2, weight, bias, 1, backend)
+    out = submanifold_conv2d(feats, SparseGeometry(coords, (8, 8), 2), weight, bias, 1, backend)
     assert out.shape == (0, 5)
     out.sum().backward()
     assert feats.grad.shape == (0, 4)
@@ -174,7 +173,7 @@ def test_isolated_sites_see_only_themselves(backend):
     coords = torch.tensor([[0, 0, 0], [0, 4, 4], [1, 2, 7]])
     feats = torch.randn(3, 2, dtype=torch.float64)
     weight = torch.randn(3, 2, 3, 3, dtype=torch.float64)
-    out = submanifold_conv2d(feats, coords, (8, 8), 2, weight, None, 1, backend)
+    out = submanifold_conv2d(feats, SparseGeometry(coords, (8, 8), 2), weight, None, 1, backend)
     torch.testing.assert_close(out, feats @ weight[:, :, 1, 1].T)
 
 
@@ -184,10 +183,10 @@ def test_column_major_and_int32_coords_agree(backend):
     assert not coords.is_contiguous()  # torch.nonzero's column-major layout
     feats = torch.randn(coords.shape[0], 3, dtype=torch.float64)
     weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
-    from_nonzero = submanifold_conv2d(feats, coords, (15, 11), 2, weight, None, 1, backend)
-    from_int32 = submanifold_conv2d(feats, coords.int().contiguous(), (15, 11), 2, weight, None, 1, backend)
+    from_nonzero = submanifold_conv2d(feats, SparseGeometry(coords, (15, 11), 2), weight, None, 1, backend)
+    from_int32 = submanifold_conv2d(feats, SparseGeometry(coords.int().contiguous(), (15, 11), 2), weight, None, 1, backend)
     assert torch.equal(from_nonzero, from_int32)
-    torch.testing.assert_close(from_nonzero, dense_submanifold_conv2d(feats, coords, (15, 11), 2, weight), atol=1e-12,
+    torch.testing.assert_close(from_nonzero, dense_submanifold_conv2d(feats, SparseGeometry(coords, (15, 11), 2), weight), atol=1e-12,
                                rtol=0)
 
 
@@ -197,7 +196,7 @@ def test_unordered_sites(backend):
     coords = coords[torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(0))]
     feats = torch.randn(coords.shape[0], 3, dtype=torch.float64)
     weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
-    compare_with_dense(feats, coords, (9, 9), 3, weight, None, 2, backend)
+    compare_with_dense(feats, SparseGeometry(coords, (9, 9), 3), weight, None, 2, backend)
 
 
 def nuclei_tree(nuclei, batched: bool):
@@ -212,24 +211,22 @@ def nuclei_tree(nuclei, batched: bool):
 @pytest.mark.parametrize("level", [3, 5])
 def test_quadtree_levels_of_real_mask(nuclei, backend, level):
     tree = nuclei_tree(nuclei, batched=True)
-    geometry = SparseGeometry.from_quadtree(tree, level)
+    geometry = level_geometry(tree, level)
     assert 0 < len(geometry) < 2 * math.prod(geometry.spatial_shape)  # some nodes, not the whole grid
     g = torch.Generator().manual_seed(level)
     feats = torch.randn(len(geometry), 4, generator=g, dtype=torch.float64)
     for k, dilation in [(3, 1), (5, 2)]:
         weight = torch.randn(3, 4, k, k, generator=g, dtype=torch.float64)
         bias = torch.randn(3, generator=g, dtype=torch.float64)
-        compare_with_dense(feats, geometry, None, None, weight, bias, dilation, backend)
+        compare_with_dense(feats, geometry, weight, bias, dilation, backend)
 
 
 def test_backends_agree_on_real_mask(nuclei):
-    if not spconv_available():
-        pytest.skip("spconv missing")
-    geometry = SparseGeometry.from_quadtree(nuclei_tree(nuclei, batched=False), 5)
+    geometry = level_geometry(nuclei_tree(nuclei, batched=False), 5)
     feats = torch.randn(len(geometry), 16)
     weight = torch.randn(16, 16, 3, 3)
-    a = submanifold_conv2d(feats, geometry, None, None, weight, backend="spconv")
-    b = submanifold_conv2d(feats, geometry, None, None, weight, backend="torch")
+    a = submanifold_conv2d(feats, geometry, weight, backend="spconv")
+    b = submanifold_conv2d(feats, geometry, weight, backend="torch")
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
@@ -242,13 +239,12 @@ def test_rulebook_is_built_once_per_level(monkeypatch):
         monkeypatch.setattr(rulebook, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     geometry = SparseGeometry(random_sites(1, 10, 10, 0.5, seed=0), (10, 10), 1)
     feats = torch.randn(len(geometry), 4)
-    backends = ["torch"] + (["spconv"] if spconv_available() else [])
-    for backend in backends:
+    for backend in BACKENDS:
         layers = [SubMConv2d(4, 4, 3, backend=backend) for _ in range(3)] + [SubMConv2d(4, 4, 3, 2, backend=backend)]
         for layer in layers:
             layer(feats, geometry)
     # one rulebook per (backend, kernel, dilation); keys derived from the kernel geometry
-    assert sorted(calls) == sorted(["neighbour_table"] * 2 + (["spconv_rulebook"] * 2 if spconv_available() else []))
+    assert sorted(calls) == sorted(["neighbour_table"] * 2 + ["spconv_rulebook"] * 2)
     assert {key[1] for key in geometry._cache} == {"subm_k3_d1", "subm_k3_d2"}
 
 
@@ -271,46 +267,51 @@ def test_module_equals_dense_conv2d_with_same_parameters(backend):
     layer = SubMConv2d(3, 4, 3, backend=backend).double()
     feats = torch.randn(len(geometry), 3, dtype=torch.float64)
     out = layer(feats, geometry)
-    ref = dense_submanifold_conv2d(feats, geometry, None, None, layer.weight, layer.bias)
+    ref = dense_submanifold_conv2d(feats, geometry, layer.weight, layer.bias)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
     out.pow(2).sum().backward()
     assert layer.weight.grad is not None and layer.bias.grad is not None
 
 
 def test_input_validation():
-    coords = torch.tensor([[0, 1, 1], [0, 2, 2]], dtype=torch.int32)
+    geometry = SparseGeometry(torch.tensor([[0, 1, 1], [0, 2, 2]]), (4, 4), 1)
     feats = torch.randn(2, 3)
     weight = torch.randn(4, 3, 3, 3)
     conv = submanifold_conv2d
     with pytest.raises(ValueError, match="odd"):
-        conv(feats, coords, (4, 4), 1, torch.randn(4, 3, 2, 2))
+        conv(feats, geometry, torch.randn(4, 3, 2, 2))
     with pytest.raises(ValueError, match="C_in=3"):
-        conv(torch.randn(2, 5), coords, (4, 4), 1, weight)
+        conv(torch.randn(2, 5), geometry, weight)
     with pytest.raises(ValueError, match="rows"):
-        conv(torch.randn(3, 3), coords, (4, 4), 1, weight)
-    with pytest.raises(ValueError, match="outside the grid"):
-        conv(feats, torch.tensor([[0, 1, 1], [0, 4, 0]]), (4, 4), 1, weight)
-    with pytest.raises(ValueError, match="outside the grid"):
-        conv(feats, torch.tensor([[0, 1, 1], [1, 0, 0]]), (4, 4), 1, weight)
-    with pytest.raises(ValueError, match="outside the grid"):
-        conv(feats, torch.tensor([[0, 1, 1], [0, -1, 0]]), (4, 4), 1, weight)
-    with pytest.raises(ValueError, match="duplicate"):
-        conv(feats, torch.tensor([[0, 1, 1], [0, 1, 1]]), (4, 4), 1, weight)
-    with pytest.raises(ValueError, match="integer"):
-        conv(feats, coords.float(), (4, 4), 1, weight)
-    with pytest.raises(ValueError, match=r"\(N, 3\)"):
-        conv(feats, coords[:, :2], (4, 4), 1, weight)
+        conv(torch.randn(3, 3), geometry, weight)
     with pytest.raises(ValueError, match="'spconv', 'torch'"):
-        conv(feats, coords, (4, 4), 1, weight, backend="cuda")
+        conv(feats, geometry, weight, backend="cuda")
     with pytest.raises(ValueError, match="bias"):
-        conv(feats, coords, (4, 4), 1, weight, torch.randn(3))
+        conv(feats, geometry, weight, torch.randn(3))
     with pytest.raises(ValueError, match="dilation"):
-        conv(feats, coords, (4, 4), 1, weight, dilation=0)
+        conv(feats, geometry, weight, dilation=0)
     with pytest.raises(ValueError, match="dtype"):
-        conv(feats.double(), coords, (4, 4), 1, weight)
-    with pytest.raises(ValueError, match="spatial_shape"):
-        conv(feats, coords, None, 1, weight)
+        conv(feats.double(), geometry, weight)
+    for not_a_geometry in (geometry.coords, None):
+        with pytest.raises(ValueError, match="SparseGeometry"):
+            conv(feats, not_a_geometry, weight)
     with pytest.raises(ValueError, match="SparseGeometry"):
-        SubMConv2d(3, 4)(feats, coords)
+        SubMConv2d(3, 4)(feats, geometry.coords)
     with pytest.raises(ValueError, match="odd"):
         SubMConv2d(3, 4, 4)
+
+
+@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 1), (3, 2)])
+def test_forward_dense_is_conv2d_and_sparse_is_it_read_at_the_sites(k, dilation):
+    """The module's dense twin is F.conv2d with its weights; the sparse forward equals it wherever every site of
+    the grid is active (submanifold = dense on a full grid)."""
+    layer = SubMConv2d(3, 4, k, dilation, backend="torch").double()
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    dense = layer.forward_dense(x)
+    torch.testing.assert_close(dense, torch.nn.functional.conv2d(x, layer.weight, layer.bias,
+                                                                 padding=dilation * (k // 2), dilation=dilation))
+    geometry = SparseGeometry.grid(2, (6, 7))
+    sparse = layer(x.permute(0, 2, 3, 1).reshape(-1, 3), geometry)
+    torch.testing.assert_close(sparse, dense.permute(0, 2, 3, 1).reshape(-1, 4), atol=1e-12, rtol=0)
+    assert layer.macs_per_site() == 3 * 4 * k * k
+

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from training.synthetic import (
-    STREET_CLASS_NAMES, SyntheticConfig, SyntheticScenes, class_appearance, paint_polygon, render_scene,
+    CITYSCAPES_CLASSES, SyntheticConfig, SyntheticScenes, class_appearance, paint_polygon, render_scene,
 )
 from training.transforms import NormalizeConfig
 
@@ -104,7 +104,7 @@ def test_boundary_density_controls_boundaries():
 
 def test_street_preset():
     ds = SyntheticScenes(preset="street", size=(128, 256), num_images=6)
-    assert ds.num_classes == 19 and ds.class_names == STREET_CLASS_NAMES
+    assert ds.num_classes == 19 and ds.class_names is CITYSCAPES_CLASSES  # one table with cityscapes: data sets
     seen = set()
     for i in range(len(ds)):
         image, mask = ds.render(i)

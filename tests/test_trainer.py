@@ -15,8 +15,9 @@ from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
 from training.datasets import DataConfig, build_dataset
 from training.loss import QuadtreeLoss
-from training.metrics import ConfusionMatrix
-from training.trainer import Progress, TrainingInterrupted, load_checkpoint, load_model, train, train_one_epoch
+from qgn.checkpoint import load_checkpoint, load_model
+from qgn.metrics import ConfusionMatrix
+from training.trainer import Progress, TrainingInterrupted, train, train_one_epoch
 from training.transforms import AugmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_run(dataset="synthetic:8,size=64", epochs=2, **train_overrides) -> RunConfig:
     model = QGNConfig(num_classes=6, depth=3, encoder_channels=(8, 12), decoder_channels=(12, 10, 8, 6))
-    data = DataConfig(dataset=dataset, num_classes=6, depth=3, augment=AugmentConfig(crop=(32, 32)))
+    data = DataConfig(dataset=dataset, augment=AugmentConfig(crop=(32, 32)))
     values = dict(epochs=epochs, batch_size=2, progress=False, log_every=1)
     values.update(train_overrides)
     return RunConfig(model=model, data=data, train=TrainConfig(**values))
@@ -207,8 +208,8 @@ def test_bad_data_fails_before_any_training_step(tmp_path, problem, message):
 
 
 def test_crop_not_divisible_by_the_root_stride():
-    with pytest.raises(ValueError, match="multiple of"):
-        DataConfig(depth=5, augment=AugmentConfig(crop=(100, 100)))
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*depth = 32 \\(depth 5\\)"):
+        RunConfig(model=QGNConfig(depth=5), data=DataConfig(augment=AugmentConfig(crop=(100, 100))))
 
 
 @pytest.mark.parametrize("device", [
@@ -227,7 +228,7 @@ def test_two_process_distributed_run(tmp_path, device):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_port", "29517" if device == "cpu" else "29518",
-         "-m", "training.cli", "train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "ddp"),
+         "-m", "qgn_cli", "train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "ddp"),
          "--no-progress"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
     )

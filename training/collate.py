@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import quadtree
 
@@ -41,20 +40,12 @@ class QuadtreeCollate:
         channels = {image.shape[0] for image in images}
         if len(channels) > 1:
             raise ValueError(f"images of one batch have different channel counts {sorted(channels)}")
-        height = max(mask.shape[0] for mask in masks)
-        width = max(mask.shape[1] for mask in masks)
-        if self.pad_to_multiple:
-            cell = 1 << self.depth
-            height, width = -(-height // cell) * cell, -(-width // cell) * cell
-        images = torch.stack([_pad(image, height, width, 0.0) for image in images])
-        masks = torch.stack([_pad(mask, height, width, self.ignore_index) for mask in masks])
+        size = (max(mask.shape[0] for mask in masks), max(mask.shape[1] for mask in masks))
+        cell = 1 << self.depth if self.pad_to_multiple else 1
+        images = torch.stack([quadtree.pad_to_multiple(image, cell, 0.0, size=size) for image in images])
+        masks = torch.stack([quadtree.pad_to_multiple(mask, cell, self.ignore_index, size=size) for mask in masks])
         tree = quadtree.encode(masks, self.depth, self.ignore_index)
         return images, masks, tree
-
-
-def _pad(x: torch.Tensor, height: int, width: int, value) -> torch.Tensor:
-    pad_h, pad_w = height - x.shape[-2], width - x.shape[-1]
-    return F.pad(x, (0, pad_w, 0, pad_h), value=value) if pad_h or pad_w else x
 
 
 def collate_quadtree(depth: int, ignore_index: int = 255, pad_to_multiple: bool = True) -> QuadtreeCollate:

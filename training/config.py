@@ -1,4 +1,9 @@
-"""`RunConfig`: everything a training run needs, one dataclass per component, stored as RUN_DIR/config.yaml."""
+"""`RunConfig`: everything a training run needs, one dataclass per component, stored as RUN_DIR/config.yaml.
+
+Each fact has one home: classes, depth, image channels and the ignore label are the model's (`QGNConfig`, what a
+checkpoint needs to rebuild the network); the data pipeline takes them from there. Files written before, with a
+second copy of them in the data section, still load (`move_data_fields`).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,15 @@ from pathlib import Path
 
 import yaml
 
-from qgn.config import QGNConfig
+from qgn.config import QGNConfig, config_from_dict
 from qgn.precision import AMP_DTYPES
 from training.datasets import DataConfig
 from training.loss import LossConfig
-from training.transforms import AugmentConfig, NormalizeConfig
+from training.transforms import AugmentConfig, NormalizeConfig, check_crop
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "cosine", "constant")
+MODEL_FACTS = ("num_classes", "depth", "in_channels", "ignore_index")  # once also in the data section
 
 
 @dataclass
@@ -62,13 +68,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if self.model.depth != self.data.depth:
-            raise ValueError(f"model depth {self.model.depth} and data depth {self.data.depth} differ")
-        if self.model.in_channels != self.data.in_channels:
-            raise ValueError(f"model in_channels {self.model.in_channels} and data in_channels "
-                             f"{self.data.in_channels} differ")
-        if self.model.ignore_index != self.data.ignore_index:
-            raise ValueError("model and data ignore_index differ")
+        self.data.augment.crop = check_crop(self.data.augment.crop, self.model.depth)
 
     def as_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -78,14 +78,18 @@ class RunConfig:
         unknown = set(values) - {"model", "data", "loss", "train"}
         if unknown:
             raise ValueError(f"unknown config sections {sorted(unknown)}; valid: model, data, loss, train")
-        data = dict(values.get("data", {}))
-        for key, kind in (("normalize", NormalizeConfig), ("augment", AugmentConfig)):
-            if key in data:
-                data[key] = _build(kind, data[key], f"data.{key}")
-        return cls(model=QGNConfig.from_dict(values.get("model", {})),
-                   data=_build(DataConfig, data, "data"),
-                   loss=_build(LossConfig, values.get("loss", {}), "loss"),
-                   train=_build(TrainConfig, values.get("train", {}), "train"))
+        values = move_data_fields(values)
+        data = values.get("data") or {}
+        if isinstance(data, dict):  # anything else: config_from_dict says what it must be
+            data = dict(data)
+            if "normalize" in data:
+                data["normalize"] = NormalizeConfig.from_dict(data["normalize"])
+            if "augment" in data:
+                data["augment"] = config_from_dict(AugmentConfig, data["augment"], "data.augment")
+        return cls(model=QGNConfig.from_dict(values.get("model") or {}),
+                   data=config_from_dict(DataConfig, data, "data"),
+                   loss=config_from_dict(LossConfig, values.get("loss") or {}, "loss"),
+                   train=config_from_dict(TrainConfig, values.get("train") or {}, "train"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.as_dict(), sort_keys=False))
@@ -104,16 +108,27 @@ class RunConfig:
         return cls.from_dict(values)
 
 
-def _build(kind, values, name):
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {name} must be a mapping, got {values!r}")
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown fields {unknown} in config section {name}; valid: {sorted(known)}")
-    tuple_fields = {f.name for f in dataclasses.fields(kind) if "tuple" in str(f.type)}
-    values = {k: tuple(v) if k in tuple_fields and isinstance(v, list) else v for k, v in values.items()}
-    return kind(**values)
+def move_data_fields(values: dict) -> dict:
+    """`values` (plain config data) with the model facts that files written before kept in the data section too
+    (data.num_classes, depth, in_channels, ignore_index) moved to the model section, their one home.
+
+    Raises:
+        ValueError: a data-section value that contradicts the model section's, naming where the field lives now.
+    """
+    data = values.get("data")
+    if not isinstance(data, dict) or not any(key in data for key in MODEL_FACTS):
+        return values
+    data, model = dict(data), dict(values.get("model") or {})
+    for key in MODEL_FACTS:
+        if key not in data:
+            continue
+        value = data.pop(key)
+        if value is None:  # "the data set's own count": what a model section without num_classes means
+            continue
+        if model.setdefault(key, value) != value:
+            raise ValueError(f"data.{key} = {value} contradicts model.{key} = {model[key]}: {key} is a field of "
+                             f"the model section only (model.{key}); remove data.{key}")
+    return {**values, "model": model, "data": data}
 
 
 def _plain(value):

@@ -38,9 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.synthetic import PRESETS, SyntheticConfig, SyntheticScenes
+import quadtree as qt
+from training.synthetic import CITYSCAPES_CLASSES, PRESETS, SyntheticConfig, SyntheticScenes
+from qgn.config import QGNConfig
 from qgn.normalize import match_channels, resolve_auto
-from training.transforms import Augment, AugmentConfig, NormalizeConfig, check_crop, normalize_image
+from training.transforms import Augment, AugmentConfig, NormalizeConfig, normalize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -50,10 +52,6 @@ CITYSCAPES_ID_TO_TRAIN_ID = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
     28: 15, 31: 16, 32: 17, 33: 18,
 }
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)
 SUNRGBD_CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
     "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes",
@@ -108,17 +106,6 @@ def _read_pixels(path: Path) -> np.ndarray:
                 img = img.convert("RGB")
             array = np.asarray(img)
     return array
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Read a label PNG as uint8 (H, W); RGB, 16-bit and other non-label images raise ValueError."""
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P"):
-            raise ValueError(
-                f"mask {path} has image mode {img.mode!r}; masks must be single-channel 8-bit PNGs (grayscale 'L' "
-                f"or palette 'P') holding class indices, 255 = ignore (not colour-coded RGB images)"
-            )
-        return np.array(img, dtype=np.uint8)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -203,7 +190,11 @@ class LabelledImages(torch.utils.data.Dataset):
     def load_mask(self, index: int) -> np.ndarray:
         """Class mask int64 (H, W) of sample `index`; raw values without a class raise ValueError."""
         path = self.pairs[index][1]
-        raw = read_mask(path)
+        raw = qt.read_mask(path)  # colour images and unreadable files raise ValueError there
+        if raw.dtype != np.uint8 or raw.ndim != 2:  # the lookup table maps the 256 values of 8-bit masks
+            raise ValueError(f"mask {path} holds {raw.dtype} values of shape {raw.shape}; masks of a data set "
+                             f"must be single-channel 8-bit PNGs (grayscale 'L' or palette 'P') holding class "
+                             f"indices, 255 = ignore")
         mapped = self.lut[raw]
         if (mapped < 0).any():
             counts = np.bincount(raw.reshape(-1), minlength=256)
@@ -451,16 +442,21 @@ def _build_synthetic(arg, split, num_classes, *, ignore_index, normalize, in_cha
     return SyntheticScenes(SyntheticConfig(**overrides), split=split, normalize=normalize, transform=transform)
 
 
+FIXED_CLASSES = {"cityscapes": 19, "ade20k": 150, "sunrgbd": 37}  # spec scheme -> classes of a public data set
+FOLDER_CLASSES = ("folder data sets need the number of classes: pass --num-classes C (labels 0..C-1 in the masks, "
+                  "255 = ignore), or model.num_classes in the config file")
+
+
 def _fixed_classes(name: str, expected: int, num_classes: int | None) -> int:
     if num_classes is not None and num_classes != expected:
-        raise ValueError(f"{name} has {expected} classes, got num_classes={num_classes}; leave it unset")
+        raise ValueError(f"{name} has {expected} classes, got num_classes={num_classes}; set {expected} (or leave "
+                         f"--num-classes unset)")
     return expected
 
 
 def _build_folder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, val_fraction=0.1):
     if num_classes is None:
-        raise ValueError("folder data sets need the number of classes: pass --num-classes C (labels 0..C-1 in the "
-                         "masks, 255 = ignore), or data.num_classes in the config file")
+        raise ValueError(FOLDER_CLASSES)
     if not 1 <= num_classes <= 255:
         raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
     pairs, note = folder_pairs(Path(arg), split, val_fraction)
@@ -471,21 +467,21 @@ def _build_folder(arg, split, num_classes, *, ignore_index, normalize, in_channe
 
 
 def _build_cityscapes(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
-    num_classes = _fixed_classes("Cityscapes", 19, num_classes)
+    num_classes = _fixed_classes("Cityscapes", FIXED_CLASSES["cityscapes"], num_classes)
     return LabelledImages(cityscapes_pairs(Path(arg), split), num_classes, cityscapes_lut(ignore_index),
                           normalize=normalize, in_channels=in_channels, transform=transform,
                           ignore_index=ignore_index, class_names=CITYSCAPES_CLASSES, name="cityscapes")
 
 
 def _build_ade20k(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
-    num_classes = _fixed_classes("ADE20K", 150, num_classes)
+    num_classes = _fixed_classes("ADE20K", FIXED_CLASSES["ade20k"], num_classes)
     return LabelledImages(ade20k_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
                           normalize=normalize, in_channels=in_channels, transform=transform,
                           ignore_index=ignore_index, name="ade20k")
 
 
 def _build_sunrgbd(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
-    num_classes = _fixed_classes("SUN-RGBD", 37, num_classes)
+    num_classes = _fixed_classes("SUN-RGBD", FIXED_CLASSES["sunrgbd"], num_classes)
     return LabelledImages(sunrgbd_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
                           normalize=normalize, in_channels=in_channels, transform=transform,
                           ignore_index=ignore_index, class_names=SUNRGBD_CLASSES, name="sunrgbd")
@@ -499,6 +495,33 @@ DATASETS: dict[str, Callable] = {
     "sunrgbd": _build_sunrgbd,
 }
 """Spec scheme -> builder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform)."""
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """(scheme, argument) of a data set spec: "folder:/data/cells" -> ("folder", "/data/cells"); ValueError for an
+    unknown scheme or a file data set without its path."""
+    scheme, _, arg = spec.partition(":")
+    if scheme not in DATASETS:
+        raise ValueError(f"unknown data set {scheme!r} in spec {spec!r}; valid data sets: {', '.join(DATASETS)} "
+                         f"(e.g. synthetic, synthetic:street,64, folder:/data/cells, cityscapes:/data/cityscapes)")
+    if scheme != "synthetic" and not arg:
+        raise ValueError(f"data set spec {spec!r} needs a path: {scheme}:PATH")
+    return scheme, arg
+
+
+def own_num_classes(spec: str) -> int:
+    """The number of classes the data set of `spec` defines, from the spec alone (no file is read): a synthetic
+    preset's (or its num_classes option), 19 for Cityscapes, 150 for ADE20K, 37 for SUN-RGBD.
+
+    Raises:
+        ValueError: a bad spec, or a folder: spec (only the user knows which classes its masks may hold).
+    """
+    scheme, arg = parse_spec(spec)
+    if scheme == "synthetic":
+        return SyntheticConfig(**parse_synthetic_options(arg)).resolved_num_classes
+    if scheme not in FIXED_CLASSES:
+        raise ValueError(FOLDER_CLASSES)
+    return FIXED_CLASSES[scheme]
 
 
 def build_dataset(spec: str, split: str = "train", num_classes: int | None = None, *, ignore_index: int = 255,
@@ -523,12 +546,7 @@ def build_dataset(spec: str, split: str = "train", num_classes: int | None = Non
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    scheme, _, arg = spec.partition(":")
-    if scheme not in DATASETS:
-        raise ValueError(f"unknown data set {scheme!r} in spec {spec!r}; valid data sets: {', '.join(DATASETS)} "
-                         f"(e.g. synthetic, synthetic:street,64, folder:/data/cells, cityscapes:/data/cityscapes)")
-    if scheme != "synthetic" and not arg:
-        raise ValueError(f"data set spec {spec!r} needs a path: {scheme}:PATH")
+    scheme, arg = parse_spec(spec)
     dataset = DATASETS[scheme](arg, split, num_classes, ignore_index=ignore_index, normalize=normalize,
                                in_channels=in_channels, transform=transform, val_fraction=val_fraction)
     if label_map:
@@ -611,12 +629,11 @@ def validate_dataset(dataset, max_errors: int = 10) -> dict:
 
 @dataclass
 class DataConfig:
+    """Where the images come from and how they are prepared. Classes, depth, image channels and the ignore label
+    are the model's (`QGNConfig`): the functions below take them from there."""
+
     dataset: str = "synthetic"  # spec of the training set (see build_dataset)
     val_dataset: str | None = None  # spec of the validation set; None = `dataset` with split "val"
-    num_classes: int | None = None  # None = the data set's own count (required for folder:)
-    ignore_index: int = 255  # label of unsupervised pixels
-    depth: int = 5  # quadtree depth: crops must be multiples of 2**depth
-    in_channels: int = 3  # image channels given to the model (grayscale files are replicated)
     normalize: NormalizeConfig = field(default_factory=lambda: NormalizeConfig(mode="auto"))  # "auto": resolved
     #                                 from the training images when training starts (qgn.normalize.resolve_auto)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # applied to the training split only
@@ -624,45 +641,42 @@ class DataConfig:
     label_map: dict[int, int] = field(default_factory=dict)  # raw mask value -> class, e.g. {255: 1} for 0/255 masks
     val_fraction: float = 0.1  # folder: without split folders: share held out (deterministically) for validation
 
-    def __post_init__(self):
-        self.augment.crop = check_crop(self.augment.crop, self.depth)
 
-
-def datasets_from_config(cfg: DataConfig, generator: torch.Generator | None = None, augment: bool = True,
-                         pretrained_encoder: bool = False):
-    """(train, val) data sets of `cfg`; the training set is augmented (unless `augment` is False, for callers
-    that apply `cfg.augment` themselves); both are validated when cfg.validate, and the training masks' classes
-    checked (`check_classes`). The training set's `data_report` holds what the checks found (or None).
-    A normalisation "auto" is resolved here from the training images (`qgn.normalize.resolve_auto`; ImageNet's
-    statistics for a `pretrained_encoder`) and written back into `cfg.normalize`, which both data sets use.
+def datasets_from_config(cfg: DataConfig, model: QGNConfig, generator: torch.Generator | None = None,
+                         augment: bool = True):
+    """(train, val) data sets of `cfg` for `model` (its classes, depth, channels and ignore label); the training set
+    is augmented (unless `augment` is False, for callers that apply `cfg.augment` themselves); both are validated
+    when cfg.validate, and the training masks' classes checked (`check_classes`). The training set's
+    `data_report` holds what the checks found (or None). A normalisation "auto" is resolved here from the training
+    images (`qgn.normalize.resolve_auto`; ImageNet's statistics for a pretrained encoder) and written back into
+    `cfg.normalize`, which both data sets use.
 
     Raises:
         ValueError: any bad spec, crop, folder, file or label, or masks with fewer than two classes, before any
             training step.
     """
-    train = dataset_for(cfg, cfg.dataset, "train",
-                        Augment(cfg.augment, cfg.depth, cfg.ignore_index, generator) if augment else None)
-    val = dataset_for(cfg, cfg.val_dataset or cfg.dataset, "val")
-    if val.num_classes != train.num_classes:
-        raise ValueError(f"training set has {train.num_classes} classes but validation set has {val.num_classes}")
+    train = dataset_for(cfg, model, cfg.dataset, "train",
+                        Augment(cfg.augment, model.depth, model.ignore_index, generator) if augment else None)
+    val = dataset_for(cfg, model, cfg.val_dataset or cfg.dataset, "val")
     train.data_report = None
     if cfg.validate:  # first: these checks read only masks and headers
         stats = validate_dataset(train)
         validate_dataset(val)
-        train.data_report = check_classes(stats, train.num_classes, cfg.ignore_index,
+        train.data_report = check_classes(stats, train.num_classes, model.ignore_index,
                                           getattr(train, "class_names", None))
     if cfg.normalize.mode == "auto":
         sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), 64)).round().astype(int))
-        cfg.normalize = resolve_auto(cfg.normalize, (train.raw_image(int(i)) for i in sample), pretrained_encoder)
+        cfg.normalize = resolve_auto(cfg.normalize, (train.raw_image(int(i)) for i in sample),
+                                     model.pretrained_encoder)
         train.normalize = val.normalize = cfg.normalize
     return train, val
 
 
-def dataset_for(cfg: DataConfig, spec: str, split: str, transform=None) -> torch.utils.data.Dataset:
-    """`build_dataset(spec, split)` with everything else (classes, ignore index, normalisation, channels, label map,
-    validation fraction) from `cfg`."""
-    return build_dataset(spec, split, cfg.num_classes, ignore_index=cfg.ignore_index, normalize=cfg.normalize,
-                         in_channels=cfg.in_channels, transform=transform, label_map=cfg.label_map,
+def dataset_for(cfg: DataConfig, model: QGNConfig, spec: str, split: str, transform=None) -> torch.utils.data.Dataset:
+    """`build_dataset(spec, split)` with the classes, ignore index and channels of `model` and the normalisation,
+    label map and validation fraction of `cfg`."""
+    return build_dataset(spec, split, model.num_classes, ignore_index=model.ignore_index, normalize=cfg.normalize,
+                         in_channels=model.in_channels, transform=transform, label_map=cfg.label_map,
                          val_fraction=cfg.val_fraction)
 
 

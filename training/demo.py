@@ -17,12 +17,12 @@ import torch
 
 from qgn import QGNConfig, load_predictor
 from qgn.checkpoint import load_checkpoint
+from qgn.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
+from qgn.visualize import class_legend, colour_labels, display_image, error_map, quadtree_overlay
 from training.config import RunConfig, TrainConfig
 from training.datasets import DataConfig, build_dataset
-from training.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
 from training.trainer import train
 from training.transforms import AugmentConfig
-from training.visualize import class_legend, colour_labels, display_image, error_map, quadtree_overlay
 
 MODELS = ("qgn", "dense")
 
@@ -41,10 +41,10 @@ class DemoConfig:
 
 def demo_run_config(cfg: DemoConfig, model: str) -> RunConfig:
     data = DataConfig(dataset=f"synthetic:{cfg.train_images},size=256", val_dataset=cfg.val_spec,
-                      num_classes=6, depth=5, augment=AugmentConfig(crop=(128, 128), scale_range=(0.75, 1.25)))
+                      augment=AugmentConfig(crop=(128, 128), scale_range=(0.75, 1.25)))
     train_cfg = TrainConfig(epochs=1000, max_steps=cfg.steps, batch_size=8, lr=3e-3, seed=cfg.seed, val_every=1000,
                             log_every=25, test=False)
-    return RunConfig(model=QGNConfig(num_classes=6, model=model), data=data, train=train_cfg)
+    return RunConfig(model=QGNConfig(num_classes=6, depth=5, model=model), data=data, train=train_cfg)
 
 
 def train_or_resume(cfg: DemoConfig, model: str, run_dir: Path) -> dict:

@@ -36,11 +36,12 @@ PRESET_DEFAULTS = {
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 """Random stream of each split: scene i of "val" differs from scene i of "train"."""
 
-STREET_CLASS_NAMES = (
+CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )
-"""Role of each class of the "street" preset (the Cityscapes train ids)."""
+"""The 19 Cityscapes classes in train-id order: the classes of `cityscapes:` data sets (training.datasets) and the
+role of each class of the "street" preset."""
 
 TEXTURE_KINDS = ("noise", "stripes", "checker", "speckle")
 
@@ -103,7 +104,7 @@ class SyntheticConfig:
 # ---- class appearance ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Appearance:
     """Per-class appearance; row K (after the classes) is the appearance of ignore-labelled regions.
 
@@ -390,7 +391,7 @@ def street_layout(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     ignore = cfg.ignore_index if cfg.ignore_regions else None
 
     def cls(role: str) -> int:
-        return STREET_CLASS_NAMES.index(role) % k
+        return CITYSCAPES_CLASSES.index(role) % k
 
     def count(mean: float) -> int:
         return int(rng.poisson(mean * density))
@@ -607,8 +608,8 @@ class SyntheticScenes(torch.utils.data.Dataset):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.config.preset == "street" and self.num_classes == len(STREET_CLASS_NAMES):
-            return STREET_CLASS_NAMES
+        if self.config.preset == "street" and self.num_classes == len(CITYSCAPES_CLASSES):
+            return CITYSCAPES_CLASSES
         return tuple(["background"] + [f"class_{c}" for c in range(1, self.num_classes)])
 
     def __len__(self) -> int:

@@ -1,4 +1,5 @@
-"""Training as plain functions: `train_one_epoch`, `evaluate`, and `train` (the whole run, resumable, DDP).
+"""Training as plain functions: `train_one_epoch` and `train` (the whole run, resumable, DDP); validation and the
+final test run `qgn.evaluate.evaluate`.
 
 Reproducibility and exact resume: the data order of epoch e is a permutation seeded by (seed, e), and every
 training sample is augmented with a generator seeded by (seed, e, index), so a run that stops at any step and
@@ -29,14 +30,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from qgn import QGN
-from qgn.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_model, save_checkpoint  # noqa: F401
+from qgn import build_model
+from qgn.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from qgn.config import QGNConfig
+from qgn.evaluate import evaluate
 from qgn.precision import autocast, check_amp, fp32_math, grad_scaler
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
-from training.datasets import dataset_for, datasets_from_config
+from training.datasets import DataConfig, dataset_for, datasets_from_config
 from training.loss import QuadtreeLoss
-from training.metrics import ConfusionMatrix
 from training.transforms import Augment, augment
 
 
@@ -263,22 +265,6 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
             on_step(progress)
 
 
-@torch.no_grad()
-def evaluate(model: QGN, loader, num_classes: int, device: torch.device, max_depth: int | None = None,
-             ignore_index: int = 255, class_names=None, amp: str = "off") -> dict:
-    """mIoU, per-class IoU and pixel accuracy of `model.predict(max_depth=...)` over `loader` (all DDP ranks),
-    predicted under `amp`'s autocast."""
-    model.eval()
-    metric = ConfusionMatrix(num_classes, ignore_index, device)
-    for images, masks, _ in loader:
-        with autocast(amp, device):
-            prediction = model.predict(images.to(device), max_depth=max_depth)
-        metric.update(prediction.labels, masks.to(device))
-    if dist.is_available() and dist.is_initialized():
-        metric.all_reduce()
-    return metric.summary(class_names)
-
-
 # ---- the run ---------------------------------------------------------------------------------------------------
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
@@ -343,16 +329,12 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
     main_process = rank == 0
 
     # Data first: every data problem surfaces before any training step.
-    dcfg = config.data
-    pretrained = config.model.encoder != "resnet" and config.model.pretrained
+    dcfg, mcfg = config.data, config.model  # classes, depth, channels and the ignore label: mcfg's
     normalize_was_auto = dcfg.normalize.mode == "auto"
-    train_base, val_set = datasets_from_config(dcfg, augment=False, pretrained_encoder=pretrained)  # augmented
-    #                                          below, seeded per sample; dcfg.normalize "auto" is resolved there
-    if train_base.num_classes != config.model.num_classes:
-        raise ValueError(f"the data has {train_base.num_classes} classes but the model {config.model.num_classes}; "
-                         f"set --num-classes to the data's count")
-    train_set = SeededAugment(train_base, Augment(dcfg.augment, dcfg.depth, dcfg.ignore_index), tcfg.seed)
-    collate = QuadtreeCollate(dcfg.depth, dcfg.ignore_index)
+    train_base, val_set = datasets_from_config(dcfg, mcfg, augment=False)  # augmented below, seeded per sample;
+    #                                                                        dcfg.normalize "auto" is resolved there
+    train_set = SeededAugment(train_base, Augment(dcfg.augment, mcfg.depth, mcfg.ignore_index), tcfg.seed)
+    collate = QuadtreeCollate(mcfg.depth, mcfg.ignore_index)
     sampler = EpochOrder(len(train_set), tcfg.seed, rank, world_size)
     loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=tcfg.num_workers, drop_last=False)
@@ -360,8 +342,8 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
                             collate_fn=collate, num_workers=tcfg.num_workers)
 
     torch.manual_seed(tcfg.seed)
-    model = QGN(config.model).to(device)
-    criterion = QuadtreeLoss(config.model.num_classes, config.model.depth, config.loss, dcfg.ignore_index).to(device)
+    model = build_model(config.model).to(device)
+    criterion = QuadtreeLoss(mcfg.num_classes, mcfg.depth, config.loss, mcfg.ignore_index).to(device)
     optimizer = build_optimizer(model, tcfg)
     scaler = grad_scaler(tcfg.amp, device)
     progress = Progress()
@@ -441,7 +423,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
             if report:
                 parts.append(f"{100 * report['ignore_fraction']:.1f}% of the training pixels are ignored")
             mode = dcfg.normalize
-            source = "auto: " + ("ImageNet's statistics for the pretrained encoder" if pretrained else
+            source = "auto: " + ("ImageNet's statistics for the pretrained encoder" if mcfg.pretrained_encoder else
                                  "the training images' own statistics") if normalize_was_auto else mode.mode
             parts.append(f"normalisation {source}" + (f" (mean {[round(m, 4) for m in mode.mean]}, std "
                                                       f"{[round(v, 4) for v in mode.std]})" if mode.mean else ""))
@@ -474,9 +456,8 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
                     progress.epoch, progress.batch_in_epoch = epoch + 1, 0
                 progress.finished = out_of_steps or progress.epoch >= tcfg.epochs
                 if (epoch + 1) % tcfg.val_every == 0 or progress.finished:
-                    summary = evaluate(model, val_loader, config.model.num_classes, device,
-                                       ignore_index=dcfg.ignore_index,
-                                       class_names=getattr(val_set, "class_names", None), amp=tcfg.amp)
+                    summary = evaluate(model, val_loader, device, class_names=getattr(val_set, "class_names", None),
+                                       amp=tcfg.amp)
                     progress.last_miou, last_validated = summary["miou"], epoch
                     log({"epoch": epoch, "step": progress.step, "val": summary})
                     if bar is not None:
@@ -502,7 +483,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
             dist.barrier()
     result = {"miou": progress.last_miou, "best_miou": progress.best_miou, "best_epoch": progress.best_epoch,
               "step": progress.step, "seconds": progress.seconds, **{k: v for k, v in summary.items() if k != "miou"}}
-    test_set = test_split(dcfg) if tcfg.test else None
+    test_set = test_split(dcfg, mcfg) if tcfg.test else None
     if test_set is not None:
         test_loader = DataLoader(test_set, batch_size=1, collate_fn=collate, num_workers=tcfg.num_workers,
                                  sampler=EpochOrder(len(test_set), 0, rank, world_size, shuffle=False, pad=False))
@@ -513,20 +494,19 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
                 continue
             weights = load_checkpoint(path)["model"] if path.is_file() else model.state_dict()
             model.load_state_dict(weights)
-            result["test"][name] = evaluate(model, test_loader, config.model.num_classes, device,
-                                            ignore_index=dcfg.ignore_index,
+            result["test"][name] = evaluate(model, test_loader, device,
                                             class_names=getattr(test_set, "class_names", None), amp=tcfg.amp)
         log({"test": result["test"], "test_images": len(test_set)})
     return result
 
 
-def test_split(dcfg):
+def test_split(dcfg: DataConfig, mcfg: QGNConfig):
     """The labelled "test" split of the validation data's spec, or None when it has none (a folder without
     split folders, Cityscapes whose test labels are withheld, ...)."""
     spec = dcfg.val_dataset or dcfg.dataset
     if spec.partition(":")[0] in ("cityscapes", "ade20k", "sunrgbd"):  # withheld labels, or "val" reads it already
         return None
     try:
-        return dataset_for(dcfg, spec, "test")
+        return dataset_for(dcfg, mcfg, spec, "test")
     except (ValueError, FileNotFoundError):
         return None

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from quadtree import pad_to_multiple
 from qgn.normalize import (  # noqa: F401  (re-exported)
     GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, NORMALIZERS, NormalizeConfig, intensity_scale, normalize_image,
 )
@@ -91,12 +92,9 @@ def augment(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, ignore_
             mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     if cfg.crop is not None:
         ch, cw = cfg.crop
+        image = pad_to_multiple(image, 1, 0.0, size=cfg.crop)  # up to the crop size when smaller
+        mask = pad_to_multiple(mask, 1, ignore_index, size=cfg.crop)
         h, w = mask.shape
-        pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
-        if pad_h or pad_w:
-            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
-            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=ignore_index)
-            h, w = mask.shape
         top = int(torch.randint(h - ch + 1, (), generator=generator))
         left = int(torch.randint(w - cw + 1, (), generator=generator))
         image = image[:, top:top + ch, left:left + cw]

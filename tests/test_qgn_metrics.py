@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics import (
+from qgn.metrics import (
     ConfusionMatrix, all_reduce_confusion, class_accuracy_from_confusion, confusion_matrix, iou_from_confusion,
     summarize,
 )

@@ -1,4 +1,7 @@
-"""Accuracy against cost: evaluate one model at several inference settings (depths, thresholds) on a data set."""
+"""Evaluation of a trained network, in one place: `evaluate` (mIoU, per-class IoU and pixel accuracy over a loader,
+summed over DDP ranks: what training validates and tests with) and accuracy against cost at several inference
+settings (depths, thresholds, budgets: `sweep_settings`, `evaluate_settings`, `format_table`,
+`plot_accuracy_vs_cost`). Classes and the ignore label are the model's (`model.config`)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,27 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from qgn.memory import peak_memory
+from qgn.cost import padded_shape, peak_memory, prediction_macs, stopwatch
+from qgn.metrics import ConfusionMatrix
 from qgn.precision import autocast
-from training.metrics import ConfusionMatrix
+
+
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device, max_depth: int | None = None, class_names=None,
+             amp: str = "off") -> dict:
+    """mIoU, per-class IoU and pixel accuracy of `model.predict(max_depth=...)` over `loader` (batches of images,
+    masks and trees; all DDP ranks), predicted under `amp`'s autocast."""
+    model.eval()
+    metric = ConfusionMatrix(model.config.num_classes, model.config.ignore_index, device)
+    for images, masks, _ in loader:
+        with autocast(amp, device):
+            prediction = model.predict(images.to(device), max_depth=max_depth)
+        metric.update(prediction.labels, masks.to(device))
+    if dist.is_available() and dist.is_initialized():
+        metric.all_reduce()
+    return metric.summary(class_names)
 
 
 @dataclass(frozen=True)
@@ -41,8 +61,8 @@ def sweep_settings(depth: int, max_depth: int | None = None, thresholds: bool = 
 
 
 @torch.no_grad()
-def evaluate_settings(model, samples, settings: list[Setting], device, ignore_index: int = 255,
-                      class_names=None, progress: bool = False, amp: str = "off") -> list[dict]:
+def evaluate_settings(model, samples, settings: list[Setting], device, class_names=None, progress: bool = False,
+                      amp: str = "off") -> list[dict]:
     """Evaluate `model` at each setting over `samples`: an iterable of (image (C, H, W), mask (H, W)) pairs,
     read one at a time, predicting under `amp`'s autocast (`qgn.precision`).
 
@@ -57,7 +77,7 @@ def evaluate_settings(model, samples, settings: list[Setting], device, ignore_in
     first = next(samples, None)
     if first is None:
         raise ValueError("nothing to evaluate: the data set is empty")
-    metrics = {s: ConfusionMatrix(model.config.num_classes, ignore_index, device) for s in settings}
+    metrics = {s: ConfusionMatrix(model.config.num_classes, model.config.ignore_index, device) for s in settings}
     costs = {s: {"nodes": [], "macs": [], "ms": [], "mb": []} for s in settings}
     device = torch.device(device)
 
@@ -79,10 +99,12 @@ def evaluate_settings(model, samples, settings: list[Setting], device, ignore_in
             metrics[setting].update(prediction.labels, mask)
             cost = costs[setting]
             cost["nodes"].append(prediction.nodes_per_level)
-            cost["macs"].append(prediction.macs)
+            cost["macs"].append(prediction_macs(model, padded_shape(image, prediction), prediction.nodes_per_level))
             cost["mb"].append(memory["peak_mb"])
         for setting in settings:  # latency without the memory tracker's overhead
-            costs[setting]["ms"].append(1e3 * predict(image, setting).seconds)
+            with stopwatch(device) as clock:
+                predict(image, setting)
+            costs[setting]["ms"].append(1e3 * clock["seconds"])
     records = []
     for setting in settings:
         summary = metrics[setting].summary(class_names)

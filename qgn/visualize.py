@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 import quadtree as qt
-from quadtree.decode import paint_level, upsample2x
 
 CITYSCAPES_COLOURS = [
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
@@ -83,19 +82,22 @@ def quadtree_overlay(image_rgb: np.ndarray, tree: qt.Quadtree, labels=None, alph
 
 def leaf_ids(tree: qt.Quadtree, min_size: int = 1) -> torch.Tensor:
     """int64 (B, H_pad, W_pad): a distinct number for every leaf cell of at least `min_size` pixels per side,
-    painted over the pixels it covers; -1 where smaller leaves lie."""
-    grid, first = None, 0
-    for l, level in enumerate(tree.levels):
-        grid = torch.full((tree.batch_size, *tree.level_shape(0)), -1, dtype=torch.int64) if grid is None \
-            else upsample2x(grid)
-        if tree.stride(l) < min_size:
-            paint_level(grid, level.coords.cpu(), torch.full((level.num_nodes,), -1))
-            continue
-        leaves = (level.labels != qt.MIXED).cpu()
-        count = int(leaves.sum())
-        paint_level(grid, level.coords.cpu()[leaves], torch.arange(first, first + count))
-        first += count
-    return grid
+    painted over the pixels it covers; -1 where smaller leaves lie.
+
+    A pixel's leaf lies one level below the last level whose `qt.dense_level` is MIXED there; its number packs
+    (batch, leaf level, cell row, cell column).
+    """
+    depth = tree.depth
+    batch, (height, width) = tree.batch_size, tree.level_shape(depth)
+    leaf_level = torch.zeros(batch, height, width, dtype=torch.int64)
+    for l in range(depth):  # full-resolution nodes are never MIXED
+        mixed = (qt.dense_level(tree, l) == qt.MIXED).cpu()  # (B, h, w)
+        factor, (h, w) = 1 << (depth - l), mixed.shape[1:]
+        leaf_level += mixed[:, :, None, :, None].expand(batch, h, factor, w, factor).reshape(batch, height, width)
+    shift = depth - leaf_level  # log2 of the side of each pixel's leaf
+    rows, cols = torch.arange(height)[:, None] >> shift, torch.arange(width) >> shift  # (B, H_pad, W_pad) each
+    ids = ((torch.arange(batch)[:, None, None] * (depth + 1) + leaf_level) * height + rows) * width + cols
+    return ids.masked_fill((1 << shift) < min_size, -1)
 
 
 def save_overlay(image: torch.Tensor, tree: qt.Quadtree, path: str | Path, labels=None) -> Path:

@@ -1,0 +1,162 @@
+"""What a prediction costs: multiply-accumulates, wall time and peak memory, measured around it.
+
+One counting method for QGN and its dense twin: the MACs of a prediction are those of the dense part (every
+`nn.Conv2d` of the encoder and the root, counted by forward hooks in a shape-only run on the meta device, where
+neither the input's values nor the stem's stripes change the count) plus, per decoder level, the nodes computed
+times the level's MACs per node (`DecoderLevel.macs_per_node`: submanifold convs at all k*k taps, the dense twin's
+cells likewise). tests/test_qgn_cost.py checks this against torch's own `FlopCounterMode` for both models.
+Batch norm, activations and indexing are not counted (they are not multiply-accumulates of a layer).
+
+Peak memory: on CUDA the allocator's own peak (`torch.cuda.max_memory_allocated`, reset at entry). On CPU, torch
+keeps no allocator statistics and the process RSS is useless in-process (freed memory is not always returned to
+the OS), so `TensorMemoryTracker` counts the bytes of live tensor storages created inside the block (a
+TorchDispatchMode sees every op's outputs; a storage is freed when the last tensor on it dies). Workspaces that an
+op allocates and frees internally are not seen; for process-level figures use the benchmarks, which run each
+configuration in a fresh subprocess and read its peak RSS.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from qgn.predict import Prediction, predict
+
+
+@dataclass(frozen=True)
+class Cost:
+    """macs: multiply-accumulates; seconds: wall time (CUDA synchronised); peak_memory_mb: see the module docstring."""
+
+    macs: int
+    seconds: float
+    peak_memory_mb: float
+
+
+def measure_predict(model, images: torch.Tensor, **knobs) -> tuple[Prediction, Cost]:
+    """`qgn.predict.predict(model, images, **knobs)` and what it cost (time and memory of the call itself; on CPU
+    the memory tracker's bookkeeping is inside the time - time a second call under `stopwatch` alone for latency)."""
+    with peak_memory(images.device) as memory, stopwatch(images.device) as clock:
+        prediction = predict(model, images, **knobs)
+    return prediction, Cost(prediction_macs(model, padded_shape(images, prediction), prediction.nodes_per_level),
+                            clock["seconds"], memory["peak_mb"])
+
+
+def padded_shape(images: torch.Tensor, prediction: Prediction) -> tuple[int, int, int, int]:
+    """(B, C, H_pad, W_pad): the shape the network ran on for `prediction` of `images`."""
+    return (images.shape[0], images.shape[1], *prediction.tree.padded_size)
+
+
+@contextmanager
+def stopwatch(device: torch.device | str):
+    """Yields a dict whose "seconds" holds, after the block, its wall time (CUDA synchronised at both ends)."""
+    device = torch.device(device)
+    result = {"seconds": float("nan")}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    yield result
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    result["seconds"] = time.perf_counter() - started
+
+
+def prediction_macs(model, padded_shape: tuple[int, int, int, int], nodes_per_level: list[int]) -> int:
+    """MACs of a prediction on images of `padded_shape` (B, C, H_pad, W_pad) that computed `nodes_per_level`."""
+    decoder = sum(n * level.macs_per_node() for n, level in zip(nodes_per_level[1:], model.levels))
+    return dense_conv_macs(model, padded_shape) + decoder
+
+
+class _DensePart(nn.Module):
+    """The encoder, root and root head of a model: what both models run densely on the root grid."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.root_head(self.model.root(self.model.encoder(images)[-1]))
+
+
+def dense_conv_macs(model, padded_shape: tuple[int, int, int, int]) -> int:
+    """MACs of every nn.Conv2d of the encoder, root and root head on images of `padded_shape`, counted by hooks in a
+    run on the meta device (shapes only; no memory, no arithmetic; grad mode, so the stem is never striped)."""
+    dense = _DensePart(model)
+    total = [0]
+
+    def hook(conv, inputs, output):
+        kh, kw = conv.kernel_size
+        total[0] += output.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in dense.modules() if isinstance(m, nn.Conv2d)]
+    state = {name: t.to("meta") for name, t in [*dense.named_parameters(), *dense.named_buffers()]}
+    try:
+        with torch.enable_grad():
+            torch.func.functional_call(dense, state, (torch.empty(padded_shape, device="meta"),))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
+
+
+class TensorMemoryTracker(TorchDispatchMode):
+    """Counts live bytes of storages created by ops while active; `peak_bytes` is the maximum seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._tensors_per_storage: dict[int, int] = {}
+
+    def _release(self, key: int, nbytes: int) -> None:
+        count = self._tensors_per_storage.get(key, 0) - 1
+        if count <= 0:
+            self._tensors_per_storage.pop(key, None)
+            self.live_bytes -= nbytes
+        else:
+            self._tensors_per_storage[key] = count
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {id(t) for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor) or id(tensor) in inputs or tensor.device.type == "meta":
+                continue
+            storage = tensor.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if key == 0:
+                continue
+            if key not in self._tensors_per_storage:
+                self._tensors_per_storage[key] = 0
+                self.live_bytes += nbytes
+                self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            self._tensors_per_storage[key] += 1
+            weakref.finalize(tensor, self._release, key, nbytes)
+        return out
+
+
+@contextmanager
+def peak_memory(device: torch.device | str):
+    """Yields a dict whose "peak_mb" holds, after the block, the peak tensor memory it allocated (MiB)."""
+    device = torch.device(device)
+    result = {"peak_mb": float("nan"), "method": ""}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+        result["method"] = "cuda max_memory_allocated"
+        return
+    tracker = TensorMemoryTracker()
+    with tracker:
+        yield result
+    result["peak_mb"] = tracker.peak_bytes / 2 ** 20
+    result["method"] = "live tensor storages (dispatch tracker)"

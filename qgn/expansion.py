@@ -1,0 +1,110 @@
+"""Expansion rules: which nodes of a level the decoder gives children.
+
+One signature serves training, oracle and every inference knob:
+
+    rule(level: int, logits: float (N, C + 1), tree: Quadtree) -> bool (N,)
+
+`tree` is the tree grown so far: levels 0..level, the last one labelled as if it were all leaves (the best
+non-MIXED class, the ignore index for nodes wholly in the padding), deeper levels empty. Row i of `logits` is
+node i of `tree.levels[level]`; the rule returns which of them become MIXED and get four children.
+
+- `follow_tree(target)`: exactly the MIXED nodes of a given tree (training on the ground truth; the oracle).
+- `argmax_rule(mixed_class)`: QGN's rule - expand where MIXED is the argmax.
+- `threshold_rule(mixed_class, p)`: expand where P(MIXED) >= p.
+- `within_budget(rule, mixed_class, k)`: at most k nodes per image and level, the most probably MIXED first.
+A node wholly in the padding is never expanded by the predicting rules (`in_image`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import quadtree as qt
+
+ExpansionRule = Callable[[int, torch.Tensor, qt.Quadtree], torch.Tensor]
+
+
+def in_image(tree: qt.Quadtree, level: int) -> torch.Tensor:
+    """bool (N,): which nodes of `tree.levels[level]` hold pixels of the unpadded image."""
+    return cells_in_image(tree.levels[level].coords, tree.stride(level), tree.image_size)
+
+
+def cells_in_image(coords: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """bool (N,): which cells (coords (N, 3) on a grid of `stride` pixels per cell) hold pixels of an image of
+    `image_size` (H, W) padded at the bottom and right."""
+    height, width = image_size
+    return (coords[:, 1].long() * stride < height) & (coords[:, 2].long() * stride < width)
+
+
+def follow_tree(target: qt.Quadtree) -> ExpansionRule:
+    """Expand exactly the MIXED nodes of `target` (the grown tree then has `target`'s nodes)."""
+
+    def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
+        return target.levels[level].labels.to(logits.device) == qt.MIXED
+
+    return rule
+
+
+def argmax_rule(mixed_class: int) -> ExpansionRule:
+    """Expand where MIXED (logit `mixed_class`) is the argmax (QGN's own rule)."""
+
+    def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
+        return (logits.argmax(1) == mixed_class) & in_image(tree, level)
+
+    return rule
+
+
+def threshold_rule(mixed_class: int, threshold: float) -> ExpansionRule:
+    """Expand where P(MIXED) = softmax(logits)[mixed_class] >= `threshold` (0 expands everything)."""
+
+    def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
+        return (mixed_probability(logits, mixed_class) >= threshold) & in_image(tree, level)
+
+    return rule
+
+
+def within_budget(inner: ExpansionRule, mixed_class: int, budget: int) -> ExpansionRule:
+    """`inner`'s choice cut to at most `budget` nodes per image and level, those of highest P(MIXED)."""
+
+    def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
+        expand = inner(level, logits, tree)
+        if not bool(expand.any()):
+            return expand
+        return keep_top(expand, mixed_probability(logits, mixed_class), tree.levels[level].coords[:, 0].long(),
+                        budget)
+
+    return rule
+
+
+def expansion_rule(mixed_class: int, threshold: float | None = None, budget: int | None = None,
+                   oracle_tree: qt.Quadtree | None = None) -> ExpansionRule | None:
+    """The rule of `predict`'s knobs; None when none is set (the model's own prediction)."""
+    if oracle_tree is not None:
+        return follow_tree(oracle_tree)
+    if threshold is None and budget is None:
+        return None
+    rule = argmax_rule(mixed_class) if threshold is None else threshold_rule(mixed_class, threshold)
+    return rule if budget is None else within_budget(rule, mixed_class, budget)
+
+
+def mixed_probability(logits: torch.Tensor, mixed_class: int) -> torch.Tensor:
+    """float32 (N,): softmax(logits)[:, mixed_class], computed in float32 whatever the logits' dtype."""
+    return torch.softmax(logits.float(), 1)[:, mixed_class]
+
+
+def keep_top(expand: torch.Tensor, score: torch.Tensor, batch: torch.Tensor, budget: int) -> torch.Tensor:
+    """bool (N,): at most `budget` of the `expand` nodes per batch index, those of highest `score`."""
+    candidates = torch.nonzero(expand).flatten()
+    # Sort candidates by (batch, -score); a node's rank within its image is its position minus the image's start.
+    order = torch.argsort(score[candidates], descending=True, stable=True)
+    order = order[torch.argsort(batch[candidates][order], stable=True)]
+    ranked = candidates[order]
+    images = batch[ranked]
+    counts = torch.bincount(images)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(ranked.numel(), device=ranked.device) - starts[images]
+    kept = torch.zeros_like(expand)
+    kept[ranked[rank < budget]] = True
+    return kept

@@ -1,0 +1,150 @@
+"""`qgn train`: a run config from defaults, a YAML file and flags, then `training.trainer.train`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from qgn_cli.arguments import add_precision_flags
+
+
+def run_config_from_args(args: argparse.Namespace):
+    """defaults < --config FILE (or RUN_DIR/config.yaml with --resume) < flags given on the command line."""
+    import yaml
+
+    from qgn.config import QGNConfig
+    from training.config import RunConfig, move_data_fields
+    from training.datasets import DataConfig, own_num_classes, parse_label_map
+
+    values: dict = {}
+    config_file = Path(args.config) if args.config else None
+    if config_file is None and args.resume and (Path(args.out) / "config.yaml").is_file():
+        config_file = Path(args.out) / "config.yaml"
+    if config_file is not None:
+        RunConfig.load(config_file)  # validates the file; the merge below uses what it says, not the defaults
+        values = move_data_fields(yaml.safe_load(config_file.read_text()) or {})
+    model, data = values.setdefault("model", {}) or {}, values.setdefault("data", {}) or {}
+    train, loss = values.setdefault("train", {}) or {}, values.setdefault("loss", {}) or {}
+    values.update(model=model, data=data, train=train, loss=loss)
+    flags = {
+        ("data", "dataset"): args.data, ("data", "val_dataset"): args.val_data,
+        ("data", "val_fraction"): args.val_fraction, ("model", "num_classes"): args.num_classes,
+        ("model", "model"): args.model, ("model", "encoder"): args.encoder,
+        ("model", "backend"): args.backend, ("model", "in_channels"): args.in_channels,
+        ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size, ("train", "lr"): args.lr,
+        ("train", "max_steps"): args.max_steps, ("train", "device"): args.device, ("train", "seed"): args.seed,
+        ("train", "num_workers"): args.workers, ("train", "optimizer"): args.optimizer,
+        ("train", "schedule"): args.schedule, ("train", "checkpoint_every"): args.checkpoint_every,
+        ("train", "amp"): args.amp, ("train", "tf32"): args.tf32, ("train", "deterministic"): args.deterministic,
+        ("loss", "level_scale"): args.level_scale, ("train", "test"): False if args.no_test else None,
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            values[section][key] = value
+    if args.label_map is not None:
+        data["label_map"] = parse_label_map(args.label_map)
+    if args.no_progress:
+        train["progress"] = False
+    if args.depth is not None:
+        model["depth"] = args.depth
+        defaults = QGNConfig.for_depth(args.depth, num_classes=1)
+        for key in ("encoder_channels", "decoder_channels"):
+            if key in model and len(model[key]) != len(getattr(defaults, key)):
+                raise ValueError(f"--depth {args.depth} does not fit {key} {list(model[key])} of {config_file} (widths "
+                                 f"for another depth): remove encoder_channels and decoder_channels from the file to "
+                                 f"use the defaults of depth {args.depth}, or give {len(getattr(defaults, key))} "
+                                 f"widths there")
+            model.setdefault(key, list(getattr(defaults, key)))
+    if args.crop is not None:
+        data.setdefault("augment", {})["crop"] = args.crop
+    if model.get("num_classes") is None:  # the data set's own count (synthetic presets, Cityscapes, ...)
+        model["num_classes"] = own_num_classes(data.get("dataset", DataConfig.dataset))
+    return RunConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.trainer import TrainingInterrupted, train
+
+    config = run_config_from_args(args)
+    try:
+        result = train(config, args.out, resume=args.resume)
+    except TrainingInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(interrupted_line(stop, f"qgn train --out {args.out} --resume"), file=sys.stderr)
+        raise SystemExit(130) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        steps = f"{result['step']} step" + ("s" if result["step"] != 1 else "")
+        print(f"done: {args.out}/last.pt, best.pt, log.jsonl ({steps}, {result['seconds']:.1f} s of training); "
+              f"{format_result(result)}")
+
+
+def format_result(result: dict) -> str:
+    """Last and best validation mIoU, and the test split's when there is one, in one line."""
+    def miou(value):
+        return "n/a" if value is None or value != value else f"{value:.4f}"
+
+    line = (f"validation mIoU last {miou(result['miou'])}, best {miou(result['best_miou'])} "
+            f"(epoch {result['best_epoch'] + 1})")
+    if "test" in result:
+        line += (f"; test mIoU last.pt {miou(result['test']['last']['miou'])}, best.pt "
+                 f"{miou(result['test']['best']['miou'])}")
+    return line
+
+
+def interrupted_line(stop, resume_command: str) -> str:
+    """The one line a Ctrl-C ends with: what was saved and how to go on."""
+    if stop.checkpoint is None:
+        return f"interrupted at step {stop.step}; nothing saved (stopped mid-step); the last checkpoint stands"
+    return f"interrupted: saved {stop.checkpoint} at step {stop.step}; continue with: {resume_command}"
+
+
+def add_commands(commands) -> None:
+    from qgn.config import ENCODERS, MODELS, QGNConfig
+    from sparse_ops.backend import BACKENDS
+    from training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+    from training.datasets import DATASETS, DataConfig
+    from training.loss import LossConfig
+
+    model_d, data_d, train_d, loss_d = QGNConfig(), DataConfig(), TrainConfig(), LossConfig()
+    specs = ", ".join("synthetic[:OPTIONS]" if scheme == "synthetic" else f"{scheme}:PATH" for scheme in DATASETS)
+    # flags default to None (= the config file's value, else the dataclass default named in the help)
+    train = commands.add_parser("train", help="train a QGN (or its dense twin); torchrun for several processes")
+    add = train.add_argument
+    add("--data", help=f"training data spec: {specs} (default {data_d.dataset})")
+    add("--val-data", help="validation data spec (default: --data, split val)")
+    add("--val-fraction", type=float, help=f"folder: without split folders: share of the images held out for "
+                                           f"validation (default {data_d.val_fraction})")
+    add("--label-map", metavar="RAW:CLASS,...", help="map raw mask values to classes first, e.g. 255:1 for 0/255 "
+                                                     "binary masks (default: none)")
+    add("--num-classes", type=int, help="classes C (default: the data set's own count; required for folder:)")
+    add("--depth", type=int, help=f"quadtree depth D: roots at stride 2**D (default {model_d.depth})")
+    add("--epochs", type=int, help=f"passes over the training set (default {train_d.epochs})")
+    add("--batch-size", type=int, help=f"images per step and process (default {train_d.batch_size})")
+    add("--crop", type=int, help="square training crop, a multiple of 2**depth (default: whole images)")
+    add("--model", choices=list(MODELS), help=f"sparse QGN or its dense twin (default {model_d.model})")
+    add("--encoder", choices=list(ENCODERS), help=f"dense encoder (default {model_d.encoder})")
+    add("--backend", choices=list(BACKENDS), help="sparse convs: auto = torch on CPU, spconv on CUDA "
+                                                  f"(default {model_d.backend})")
+    add("--in-channels", type=int, help=f"image channels; gray files are replicated (default {model_d.in_channels})")
+    add("--lr", type=float, help=f"peak learning rate (default {train_d.lr})")
+    add("--optimizer", choices=list(OPTIMIZERS), help=f"(default {train_d.optimizer})")
+    add("--schedule", choices=list(SCHEDULES), help=f"learning-rate schedule after the warm-up "
+                                                    f"(default {train_d.schedule})")
+    add("--level-scale", type=float, help=f"s in the level weights s**(depth - l) (default {loss_d.level_scale})")
+    add("--max-steps", type=int, help="stop after this many optimizer steps (default: epochs only)")
+    add("--checkpoint-every", type=int, help="also write last.pt every N steps (default: at epoch ends)")
+    add("--device", help=f"auto, cpu, cuda, cuda:N (default {train_d.device}: CUDA when available)")
+    add_precision_flags(train, default=None)
+    add("--deterministic", action="store_true", default=None,
+        help="deterministic algorithms: bitwise-exact resume on CUDA too (slower; sparse convs run the torch backend "
+             "there)")
+    add("--workers", type=int, help=f"DataLoader workers per process (default {train_d.num_workers})")
+    add("--seed", type=int, help=f"seed of the initialisation, data order and augmentation (default {train_d.seed})")
+    add("--no-test", action="store_true", help="skip evaluating last.pt and best.pt on the test split at the end")
+    add("--config", help="YAML file with sections model, data, loss, train (flags override it)")
+    add("--out", required=True, metavar="RUN_DIR", help="folder of config.yaml, last.pt, best.pt, log.jsonl")
+    add("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly where it stopped")
+    add("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=cmd_train)
