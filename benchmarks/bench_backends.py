@@ -47,28 +47,28 @@ def worker(spec: dict) -> dict:
 
     import torch
 
-    from qgn import QGN, QGNConfig
+    from qgn import QGNConfig, build_model, predict
     from training.datasets import build_dataset
 
     height, width = spec["size"]
     image, mask = build_dataset(f"synthetic:street,1,size={height}x{width}", "train")[0]
     torch.manual_seed(0)
-    model = QGN(QGNConfig(num_classes=19, backend=spec["backend"])).eval()
+    model = build_model(QGNConfig(num_classes=19, backend=spec["backend"])).eval()
     images, tree = image[None], qt.encode(mask[None], 5)
     start = time.perf_counter()
-    model.predict(images, oracle_tree=tree)
+    predict(model, images, oracle_tree=tree)
     first = time.perf_counter() - start
     times = []
     for _ in range(spec["repeats"]):
         start = time.perf_counter()
-        model.predict(images, oracle_tree=tree)
+        predict(model, images, oracle_tree=tree)
         times.append(time.perf_counter() - start)
     return {"first_ms": round(1e3 * first, 1), "median_ms": round(1e3 * statistics.median(times), 1)}
 
 
 def command(task: dict, out_dir: Path) -> list[str]:
     if task["kind"] == "train":
-        return [sys.executable, "-m", "training.cli", "train", *TRAIN_ARGS, "--backend", task["backend"],
+        return [sys.executable, "-m", "qgn_cli", "train", *TRAIN_ARGS, "--backend", task["backend"],
                 "--out", str(out_dir)]
     spec = {"size": task["size"], "backend": task["backend"], "repeats": task["repeats"]}
     return [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
@@ -198,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
     text = markdown(rows, argv)
     print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    for path, content in ((args.json, json.dumps(rows, indent=2)), (args.markdown, text)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(content)
     return 0
 
 

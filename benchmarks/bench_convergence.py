@@ -3,7 +3,7 @@
     python benchmarks/bench_convergence.py                          # prints the table
     python benchmarks/bench_convergence.py --out benchmarks/results # also writes convergence.{json,md,png}
 
-Data: the real 16-bit fluorescence image of ../shared/data/nuclei_dsb2018.npz (512x512, human-labelled nuclei),
+Data: the real 16-bit fluorescence image of examples/nuclei_dsb2018.npz (512x512, human-labelled nuclei),
 cut into 16 tiles of 128x128 (`instances > 0` as the binary mask), written as a `folder:` data set with split
 folders: 10 tiles train, 3 val, 3 test (a fixed shuffle). Each configuration runs `qgn train` in a fresh process
 with the default settings plus the listed overrides (`--normalize` modes: "auto" is the default, "fixed" the
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-NUCLEI = ROOT.parent / "shared" / "data" / "nuclei_dsb2018.npz"
+NUCLEI = ROOT / "examples" / "nuclei_dsb2018.npz"  # shipped with the repository (README, "Test data")
 
 
 def write_tiles(root: Path, tile: int = 128, seed: int = 0) -> dict:
@@ -54,7 +54,7 @@ def run(data: Path, out: Path, normalize: str, model: str, epochs: int, extra: l
 
     config = {"data": {"normalize": {"mode": normalize}}}
     (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "training.cli", "train", "--config", str(out.parent / f"{out.name}.yaml"),
+    command = [sys.executable, "-m", "qgn_cli", "train", "--config", str(out.parent / f"{out.name}.yaml"),
                "--data", f"folder:{data}", "--num-classes", "2", "--in-channels", "1", "--crop", "128",
                "--batch-size", "2", "--epochs", str(epochs), "--model", model, "--no-progress", "--out", str(out),
                *extra]
