@@ -159,25 +159,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="512x1024", help=f"HxW list (multiples of {1 << DEPTH})")
     workloads.add_measurement_arguments(parser)
-    parser.add_argument("--json", help="output file (default OUT/density_sweep.json)")
-    parser.add_argument("--markdown", help="output file (default OUT/density_sweep.md)")
-    parser.add_argument("--plot", help="output file (default OUT/density_sweep.png)")
-    parser.add_argument("--out", default="runs/bench", metavar="OUT",
-                        help="folder of the outputs (default runs/bench; the committed figures README shows are in "
-                             "benchmarks/results and change only when you pass --out benchmarks/results)")
-    parser.add_argument("--quick", action="store_true", help="256x512, 3 masks, one timed run: a smoke test")
-    parser.add_argument("--render-only", action="store_true",
-                        help="measure nothing: rewrite the markdown and plot from the existing --json records")
+    harness.add_output_arguments(parser, "density_sweep", "256x512, 3 masks, one timed run: a smoke test")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    for name, stem in (("json", "density_sweep.json"), ("markdown", "density_sweep.md"),
-                       ("plot", "density_sweep.png")):
-        if getattr(args, name) is None:
-            setattr(args, name, str(out / stem))
-    if args.quick:
-        if "--sizes" not in argv:
-            args.sizes = "256x512"
-        args.repeats = 1 if args.repeats is None else args.repeats
+    harness.resolve_outputs(args, argv, "density_sweep", "256x512")
     args.sizes = harness.parse_sizes(args.sizes, 1 << DEPTH)
     workloads.check_measurement_args(args)
     return args

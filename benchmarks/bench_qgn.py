@@ -254,24 +254,9 @@ def parse_args(argv):
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--depths", default=",".join(map(str, range(DEPTH + 1))), help="QGN inference depths")
     workloads.add_measurement_arguments(parser)
-    parser.add_argument("--json", help="output file (default OUT/bench_qgn.json)")
-    parser.add_argument("--markdown", help="output file (default OUT/bench_qgn.md)")
-    parser.add_argument("--plot", help="output file (default OUT/bench_qgn.png)")
-    parser.add_argument("--out", default="runs/bench", metavar="OUT",
-                        help="folder of the outputs (default runs/bench; the committed figures README shows are in "
-                             "benchmarks/results and change only when you pass --out benchmarks/results)")
-    parser.add_argument("--quick", action="store_true", help="128x256 and 256x512, one timed run: a smoke test")
-    parser.add_argument("--render-only", action="store_true",
-                        help="measure nothing: rewrite the markdown and plot from the existing --json records")
+    harness.add_output_arguments(parser, "bench_qgn", "128x256 and 256x512, one timed run: a smoke test")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    for name, stem in (("json", "bench_qgn.json"), ("markdown", "bench_qgn.md"), ("plot", "bench_qgn.png")):
-        if getattr(args, name) is None:
-            setattr(args, name, str(out / stem))
-    if args.quick:
-        if "--sizes" not in argv:
-            args.sizes = "128x256,256x512"
-        args.repeats = 1 if args.repeats is None else args.repeats
+    harness.resolve_outputs(args, argv, "bench_qgn", "128x256,256x512")
     args.sizes = harness.parse_sizes(args.sizes, 1 << DEPTH)
     args.masks = harness.parse_list(args.masks, MASKS, "--masks")
     args.models = harness.parse_list(args.models, MODELS, "--models")

@@ -171,6 +171,29 @@ def measure(step: Callable[[], object], warmup: int, repeats: int, device) -> di
 # ---- command lines ---------------------------------------------------------------------------------------------
 
 
+def add_output_arguments(parser, stem: str, quick_help: str) -> None:
+    """--json/--markdown/--plot (default OUT/<stem>.json|md|png), --out, --quick and --render-only."""
+    for name, suffix in (("json", "json"), ("markdown", "md"), ("plot", "png")):
+        parser.add_argument(f"--{name}", help=f"output file (default OUT/{stem}.{suffix})")
+    parser.add_argument("--out", default="runs/bench", metavar="OUT",
+                        help="folder of the outputs (default runs/bench; the committed figures README shows are in "
+                             "benchmarks/results and change only when you pass --out benchmarks/results)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: rewrite the markdown and plot from the existing --json records")
+
+
+def resolve_outputs(args, argv: list[str], stem: str, quick_sizes: str) -> None:
+    """Fill the output paths left unset from --out, and --quick's sizes and repeats."""
+    for name, suffix in (("json", "json"), ("markdown", "md"), ("plot", "png")):
+        if getattr(args, name) is None:
+            setattr(args, name, str(Path(args.out) / f"{stem}.{suffix}"))
+    if args.quick:
+        if "--sizes" not in argv:
+            args.sizes = quick_sizes
+        args.repeats = 1 if args.repeats is None else args.repeats
+
+
 def parse_sizes(text: str, multiple: int, flag: str = "--sizes") -> list[tuple[int, int]]:
     """"512x1024,1024x2048" -> [(512, 1024), (1024, 2048)]; each side a multiple of `multiple`."""
     sizes = []
