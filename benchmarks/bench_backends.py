@@ -36,8 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RECORD_PREFIX = "BACKEND_RECORD "
+import harness
+from harness import RECORD_PREFIX, ROOT
+
 TRAIN_ARGS = ["--data", "synthetic:64", "--epochs", "1", "--batch-size", "8", "--crop", "128", "--no-progress"]
 
 
@@ -55,23 +56,19 @@ def worker(spec: dict) -> dict:
     torch.manual_seed(0)
     model = build_model(QGNConfig(num_classes=19, backend=spec["backend"])).eval()
     images, tree = image[None], qt.encode(mask[None], 5)
-    start = time.perf_counter()
-    predict(model, images, oracle_tree=tree)
-    first = time.perf_counter() - start
     times = []
-    for _ in range(spec["repeats"]):
+    for _ in range(1 + spec["repeats"]):
         start = time.perf_counter()
         predict(model, images, oracle_tree=tree)
         times.append(time.perf_counter() - start)
-    return {"first_ms": round(1e3 * first, 1), "median_ms": round(1e3 * statistics.median(times), 1)}
+    return {"first_ms": round(1e3 * times[0], 1), "median_ms": round(1e3 * statistics.median(times[1:]), 1)}
 
 
 def command(task: dict, out_dir: Path) -> list[str]:
     if task["kind"] == "train":
         return [sys.executable, "-m", "qgn_cli", "train", *TRAIN_ARGS, "--backend", task["backend"],
                 "--out", str(out_dir)]
-    spec = {"size": task["size"], "backend": task["backend"], "repeats": task["repeats"]}
-    return [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(task)]
 
 
 def run_together(task: dict, copies: int, policy: str | None) -> list[dict]:
@@ -113,10 +110,7 @@ def measure(task: dict, condition: str, policy: str | None, repeats: int) -> lis
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         time.sleep(0.5)
     try:
-        records = []
-        for _ in range(repeats):
-            records += run_together(task, 2 if condition == "pair" else 1, policy)
-        return records
+        return [r for _ in range(repeats) for r in run_together(task, 2 if condition == "pair" else 1, policy)]
     finally:
         if busy is not None:
             busy.kill()
@@ -135,8 +129,10 @@ def summarise(task, condition, policy, records) -> dict:
 
 
 def markdown(rows: list[dict], argv: list[str]) -> str:
+    import torch
+
     lines = [f"Measured with `python benchmarks/bench_backends.py {' '.join(argv)}` on {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch_version()}; medians over the "
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}; medians over the "
              f"runs (pair: both processes of every repeat).", "",
              "| workload | backend | condition | OMP_WAIT_POLICY | process s | predict ms (median) | first predict ms | "
              "runs |", "|---|---|---|---|---|---|---|---|"]
@@ -156,12 +152,6 @@ def markdown(rows: list[dict], argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(RECORD_PREFIX + json.dumps(worker(json.loads(args.worker))), flush=True)
+        harness.print_record(worker(json.loads(args.worker)))
         return 0
     tasks = []
     for name in args.workloads.split(","):
@@ -185,17 +175,15 @@ def main(argv: list[str] | None = None) -> int:
             if name == "train":
                 tasks.append({"name": name, "kind": "train", "backend": backend})
             else:
-                size = name.removeprefix("predict")
-                h, _, w = size.partition("x")
+                h, _, w = name.removeprefix("predict").partition("x")
                 tasks.append({"name": name, "kind": "predict", "backend": backend, "size": [int(h), int(w or h)],
                               "repeats": args.predict_repeats})
     rows = []
     for policy in [None] + [p for p in args.policies.split(",") if p]:
         for task in tasks:
             for condition in args.conditions.split(","):
-                row = summarise(task, condition, policy, measure(task, condition, policy, args.repeats))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                rows.append(summarise(task, condition, policy, measure(task, condition, policy, args.repeats)))
+                print(json.dumps(rows[-1]), flush=True)
     text = markdown(rows, argv)
     print(text)
     for path, content in ((args.json, json.dumps(rows, indent=2)), (args.markdown, text)):

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-NUCLEI = ROOT / "examples" / "nuclei_dsb2018.npz"  # shipped with the repository (README, "Test data")
+import harness
+from harness import NUCLEI, ROOT
 
 
 def write_tiles(root: Path, tile: int = 128, seed: int = 0) -> dict:
@@ -94,9 +94,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for r in rows:
         ax.plot(range(1, len(r["val_miou"]) + 1), r["val_miou"], marker=".",
                 label=f"{r['model']}, normalize {r['normalize']} {r['extra']}".strip())
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation mIoU")
-    ax.set_title("Real 16-bit nuclei tiles (10 train / 3 val / 3 test), default settings")
+    ax.set(xlabel="epoch", ylabel="validation mIoU",
+           title="Real 16-bit nuclei tiles (10 train / 3 val / 3 test), default settings")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -126,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "convergence.json").write_text(json.dumps(rows, indent=1))
+        harness.write_json(out / "convergence.json", rows)
         (out / "convergence.md").write_text(text + "\n![validation mIoU per epoch](convergence.png)\n")
         plot(rows, out / "convergence.png")
     return 0

@@ -16,10 +16,8 @@ configuration, the suite's fields plus `sweep`, `target_active_fraction`, `voron
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # its sibling modules, also when run through runpy
@@ -31,8 +29,7 @@ import workloads  # noqa: E402
 from harness import find, fmt_macs  # noqa: E402
 from inputs import DEPTH  # noqa: E402
 
-TARGETS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.35, 0.50)
-"""Full-resolution active fractions of the masks."""
+TARGETS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.35, 0.50)  # full-resolution active fractions of the masks
 
 
 def run_sweep(args, cache: Path, argv: list[str]) -> list[dict]:
@@ -41,9 +38,8 @@ def run_sweep(args, cache: Path, argv: list[str]) -> list[dict]:
     records = []
     for h, w in args.sizes:
         image, _ = inputs.street_inputs(h, w)
-        targets = TARGETS[:3] if args.quick else TARGETS
         specs, first = [], None
-        for target in targets:
+        for target in TARGETS[:3] if args.quick else TARGETS:
             mask, _, cells = inputs.density_mask(h, w, target, seed=args.seed)
             saved = inputs.save_inputs(cache / f"voronoi_{h}x{w}_{target:g}.pt", image, torch.from_numpy(mask),
                                        height=h, width=w)
@@ -53,29 +49,16 @@ def run_sweep(args, cache: Path, argv: list[str]) -> list[dict]:
         # the dense twin computes every cell whatever the mask: one reference per size
         specs.append(workloads.make_spec(args, "dense", "inference", None, f"voronoi_{first[1]:g}", first[0],
                                          {"sweep": "density"}))
-        for spec in specs:
-            record = workloads.run_in_fresh_process(spec, args.timeout)
-            record.setdefault("height", h)
-            record.setdefault("width", w)
-            record["argv"] = argv
-            records.append(record)
-            print(harness.progress(record), file=sys.stderr, flush=True)
+        records += workloads.run_all(specs, args.timeout, argv)
     return records
 
 
 def linear_fit(xs, ys):
-    n = len(xs)
-    if n < 2:
+    """(slope, intercept, R^2) of the least-squares line; None unless xs take two values or more."""
+    if len(set(xs)) < 2:
         return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        return None
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    intercept = my - slope * mx
-    ss_tot = sum((y - my) ** 2 for y in ys)
-    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
-    return slope, intercept, (1 - ss_res / ss_tot) if ss_tot > 0 else 1.0
+    slope, intercept = statistics.linear_regression(xs, ys)
+    return slope, intercept, statistics.correlation(xs, ys) ** 2 if len(set(ys)) > 1 else 1.0
 
 
 def sweep_report(records) -> tuple[str, list[str]]:
@@ -99,16 +82,21 @@ def sweep_report(records) -> tuple[str, list[str]]:
     return "\n".join(lines), fits
 
 
-def write_sweep(md_path: Path, png_path: Path, records, argv) -> None:
+def report(args, records: list[dict], argv: list[str]) -> None:
+    """The markdown and the plot; the table and the fits on stdout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     body, fits = sweep_report(records)
-    command, machine = command_line(argv), harness.environment(records)
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(f"""## Boundary-density sweep
+    print(body)
+    print("\n".join(fits))
+    # records measured before this script existed came from `bench_qgn.py --sweep-density`
+    command = harness.command_line("bench_qgn.py" if "--sweep-density" in argv else "bench_density.py", argv)
+    machine = harness.environment(records)
+    Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.markdown).write_text(f"""## Boundary-density sweep
 
 Measured with `{command}` on {machine}. QGN inference at full depth with the ground-truth
 tree of random Voronoi masks (19 classes) whose cell count was tuned to the target full-resolution active
@@ -132,64 +120,30 @@ Linear fits of QGN against the number of MIXED nodes (all levels):
                     color=color, label=f"QGN {h}x{w}")
             if dense is not None:
                 ax.axhline(dense[field], linestyle="--", color=color, label=f"dense twin {h}x{w}")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("active fraction at full resolution (%)")
-            ax.set_ylabel(label)
+            ax.set(xscale="log", yscale="log", xlabel="active fraction at full resolution (%)", ylabel=label)
             ax.grid(True, which="both", alpha=0.3)
         axes[2].plot([sum(r["tree_mixed_per_level"]) / 1e3 for r in qgn], [r["peak_memory_mb"] for r in qgn], "o-",
                      color=color, label=f"QGN {h}x{w}")
     axes[0].legend(fontsize=7)
-    axes[2].set_xlabel("MIXED nodes, all levels (thousands)")
-    axes[2].set_ylabel("peak memory growth (MB)")
+    axes[2].set(xlabel="MIXED nodes, all levels (thousands)", ylabel="peak memory growth (MB)")
     axes[2].grid(True, alpha=0.3)
     axes[2].legend(fontsize=7)
     fig.suptitle("QGN inference (full depth, oracle tree) vs boundary density, batch 1, 19 classes")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    fig.savefig(args.plot, dpi=110)
     plt.close(fig)
-
-
-def command_line(argv: list[str]) -> str:
-    # records measured before this script existed came from `bench_qgn.py --sweep-density`
-    return harness.command_line("bench_qgn.py" if "--sweep-density" in argv else "bench_density.py", argv)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="512x1024", help=f"HxW list (multiples of {1 << DEPTH})")
-    workloads.add_measurement_arguments(parser)
-    harness.add_output_arguments(parser, "density_sweep", "256x512, 3 masks, one timed run: a smoke test")
-    args = parser.parse_args(argv)
-    harness.resolve_outputs(args, argv, "density_sweep", "256x512")
-    args.sizes = harness.parse_sizes(args.sizes, 1 << DEPTH)
-    workloads.check_measurement_args(args)
-    return args
-
-
-def report(args, records: list[dict], argv: list[str]) -> None:
-    write_sweep(Path(args.markdown), Path(args.plot), records, argv)
-    body, fits = sweep_report(records)
-    print(body)
-    print("\n".join(fits))
+    return workloads.parse_args(parser, argv, "density_sweep", "256x512",
+                                "256x512, 3 masks, one timed run: a smoke test")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.render_only:  # the command line recorded in the records is the measuring one
-        records = json.loads(Path(args.json).read_text())
-        report(args, records, harness.records_argv(records))
-        return 0
-    workloads.check_device(args)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_density_") as tmp:
-        records = run_sweep(args, Path(tmp), argv)
-    harness.write_json(Path(args.json), records)
-    report(args, records, argv)
-    print(f"wrote {args.json}, {args.markdown}, {args.plot}")
-    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return 0
+    return harness.main(parse_args(argv), argv, run_sweep, report)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ target verdicts, the command line), `--plot` (memory and latency against depth, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # its sibling modules, also when run by `qgn bench`
@@ -35,75 +32,53 @@ from inputs import DEPTH, MASKS  # noqa: E402
 
 MODELS = tuple(workloads.NETWORKS)
 MODES = tuple(workloads.STEPS)
-TARGETS = {"inference_memory": 4.0, "inference_memory_aim": 8.0, "train_memory": 3.0, "latency": 1.0}
+RATIOS = {  # verdict field: (model against QGN, mode of both, record field, target of the ratio or None)
+    "inference_memory_ratio": ("dense", "inference", "peak_memory_mb", 4.0),
+    "train_memory_ratio": ("dense", "train", "peak_memory_mb", 3.0),
+    "latency_ratio": ("dense", "inference", "median_ms", 1.0),
+    "cpu_time_ratio": ("dense", "inference", "median_cpu_ms", None),
+    "train_time_ratio": ("dense", "train", "median_ms", None),
+    "unet_inference_memory_ratio": ("smp_unet", "inference", "peak_memory_mb", None),
+    "unet_latency_ratio": ("smp_unet", "inference", "median_ms", None),
+}
 
 
-# ---- plan and run --------------------------------------------------------------------------------------------
-
-
-def prepare_inputs(args, cache: Path) -> dict:
-    """(height, width, mask) -> the saved inputs (`inputs.save_inputs`) of every size and mask asked for."""
-    saved = {}
+def run_suite(args, cache: Path, argv: list[str]) -> list[dict]:
+    """Save the inputs of every size and mask (`inputs.save_inputs`), then measure every configuration, grouped by
+    (size, mask) so that every model sees the same inputs."""
+    if "smp_unet" in args.models and workloads.import_smp() is None:
+        print("segmentation_models_pytorch is not installed: skipping smp_unet (pip install -e \".[bench]\", or "
+              "pip install segmentation-models-pytorch)", file=sys.stderr)
+        args.models = [m for m in args.models if m != "smp_unet"]
+    specs = []
     for h, w in args.sizes:
         for mask in args.masks:
-            made = inputs.mask_inputs(mask, h, w)
+            made = MASKS[mask](h, w)
             if made is None:
                 print(f"skipping mask {mask!r}: {inputs.NUCLEI} not found", file=sys.stderr)
                 continue
-            saved[(h, w, mask)] = inputs.save_inputs(cache / f"{mask}_{h}x{w}.pt", *made, height=h, width=w)
-    return saved
-
-
-def plan_suite(args, saved: dict) -> list[dict]:
-    """One spec per configuration, grouped by (size, mask) so that every model sees the same inputs."""
-    specs = []
-    for (h, w) in args.sizes:
-        for mask in args.masks:
-            key = (h, w, mask)
-            if key not in saved:
-                continue
+            saved = inputs.save_inputs(cache / f"{mask}_{h}x{w}.pt", *made, height=h, width=w)
             for model in args.models:
                 for mode in args.modes:
                     depths = args.depths if (model == "qgn" and mode == "inference") else \
                         ([DEPTH] if model == "qgn" else [None])
                     for depth in depths:
-                        specs.append(workloads.make_spec(args, model, mode, depth, mask, saved[key]))
-    return specs
-
-
-def run_suite(args, cache: Path, argv: list[str]) -> list[dict]:
-    saved = prepare_inputs(args, cache)
-    specs = plan_suite(args, saved)
+                        specs.append(workloads.make_spec(args, model, mode, depth, mask, saved))
     print(f"{len(specs)} configurations, one subprocess each", file=sys.stderr, flush=True)
-    sizes = {v["inputs"]: (h, w) for (h, w, _), v in saved.items()}
-    records = []
-    for spec in specs:
-        record = workloads.run_in_fresh_process(spec, args.timeout)
-        record.setdefault("height", sizes[spec["inputs"]][0])
-        record.setdefault("width", sizes[spec["inputs"]][1])
-        record["argv"] = argv
-        records.append(record)
-        print(harness.progress(record), file=sys.stderr, flush=True)
-    return records
-
-
-# ---- report ----------------------------------------------------------------------------------------------------
+    return workloads.run_all(specs, args.timeout, argv)
 
 
 def table(records: list[dict]) -> str:
     lines = ["| size | mask | model | mode | depth | median ms | CPU ms | peak MB (growth) | peak RSS MB | GMACs | "
              "nodes per level |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        size = f"{r.get('height', '?')}x{r.get('width', '?')}"
+        head = f"| {r['height']}x{r['width']} | {r['mask']} | {r['model']} | {r['mode']} | {fmt_depth(r['depth'])} |"
         if "error" in r:
-            lines.append(f"| {size} | {r['mask']} | {r['model']} | {r['mode']} | {fmt_depth(r['depth'])} | "
-                         f"error: {r['error']} | | | | | |")
+            lines.append(f"{head} error: {r['error']} | | | | | |")
             continue
-        nodes = "-" if r.get("nodes_per_level") is None else "/".join(map(str, r["nodes_per_level"]))
-        lines.append(f"| {size} | {r['mask']} | {r['model']} | {r['mode']} | {fmt_depth(r['depth'])} | "
-                     f"{r['median_ms']:.0f} | {r.get('median_cpu_ms', float('nan')):.0f} | "
-                     f"{r['peak_memory_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-                     f"{fmt_macs(r['macs'])} | {nodes} |")
+        nodes = "-" if r["nodes_per_level"] is None else "/".join(map(str, r["nodes_per_level"]))
+        lines.append(f"{head} {r['median_ms']:.0f} | {r['median_cpu_ms']:.0f} | {r['peak_memory_mb']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {fmt_macs(r['macs'])} | {nodes} |")
     return "\n".join(lines)
 
 
@@ -125,52 +100,27 @@ def verdicts(records: list[dict]) -> tuple[str, list[dict]]:
     rows, out = [], ["| size | mask | inference memory dense/QGN | train memory dense/QGN | latency dense/QGN | "
                      "inference CPU time dense/QGN | train time dense/QGN | inference memory Unet/QGN | "
                      "latency Unet/QGN |", "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["height"], r["width"], r["mask"]) for r in records if "error" not in r})
-    for h, w, mask in keys:
-        def get(model, mode):
-            return find(records, height=h, width=w, mask=mask, model=model, mode=mode,
-                        depth=DEPTH if model == "qgn" else None)
-        q_i, q_t, d_i, d_t, s_i = get("qgn", "inference"), get("qgn", "train"), get("dense", "inference"), \
-            get("dense", "train"), get("smp_unet", "inference")
-
-        def ratio(a, b, field):
+    for h, w, mask in sorted({(r["height"], r["width"], r["mask"]) for r in records if "error" not in r}):
+        row, cells = {"height": h, "width": w, "mask": mask}, []
+        for name, (model, mode, field, target) in RATIOS.items():
+            a, b = (find(records, height=h, width=w, mask=mask, model=m, mode=mode, depth=DEPTH if m == "qgn" else None)
+                    for m in (model, "qgn"))
             # memory growth below 1 MB is below what RSS measures reliably: no ratio rather than a huge one
             floor = 1.0 if field == "peak_memory_mb" else 0.0
-            if a is None or b is None or b[field] <= floor:
-                return None
-            return a[field] / b[field]
-
-        row = {"height": h, "width": w, "mask": mask,
-               "inference_memory_ratio": ratio(d_i, q_i, "peak_memory_mb"),
-               "train_memory_ratio": ratio(d_t, q_t, "peak_memory_mb"),
-               "latency_ratio": ratio(d_i, q_i, "median_ms"),
-               "cpu_time_ratio": ratio(d_i, q_i, "median_cpu_ms"),
-               "train_time_ratio": ratio(d_t, q_t, "median_ms"),
-               "unet_inference_memory_ratio": ratio(s_i, q_i, "peak_memory_mb"),
-               "unet_latency_ratio": ratio(s_i, q_i, "median_ms")}
+            row[name] = value = None if a is None or b is None or b[field] <= floor else a[field] / b[field]
+            cell = "-" if value is None else f"{value:.2f}x"
+            if value is not None and target is not None:
+                cell += " (met)" if value >= target else f" (missed: target {target:g}x)"
+            cells.append(cell)
         rows.append(row)
-
-        def cell(value, target=None):
-            if value is None:
-                return "-"
-            text = f"{value:.2f}x"
-            if target is not None:
-                text += " (met)" if value >= target else f" (missed: target {target:g}x)"
-            return text
-
-        out.append(f"| {h}x{w} | {mask} | {cell(row['inference_memory_ratio'], TARGETS['inference_memory'])} | "
-                   f"{cell(row['train_memory_ratio'], TARGETS['train_memory'])} | "
-                   f"{cell(row['latency_ratio'], TARGETS['latency'])} | {cell(row['cpu_time_ratio'])} | "
-                   f"{cell(row['train_time_ratio'])} | "
-                   f"{cell(row['unet_inference_memory_ratio'])} | {cell(row['unet_latency_ratio'])} |")
+        out.append(f"| {h}x{w} | {mask} | " + " | ".join(cells) + " |")
     return "\n".join(out), rows
 
 
 def write_markdown(path: Path, records, argv) -> None:
     verdict_table, _ = verdicts(records)
-    ok = [r for r in records if "error" not in r]
-    threads = ok[0]["threads"] if ok else "?"
-    device = ok[0]["device"] if ok else "?"
+    first = next((r for r in records if "error" not in r), {"threads": "?", "device": "?"})
+    threads, device = first["threads"], first["device"]
     command, machine = harness.command_line("bench_qgn.py", argv), harness.environment(records)
     text = f"""## Performance
 
@@ -221,7 +171,7 @@ def write_plot(path: Path, records) -> None:
                                               ("median_ms", "inference median latency (ms)"))):
             ax = axes[row][col]
             for mask in masks:
-                color = colors.get(mask, None)
+                color = colors.get(mask)
                 points = sorted((r["depth"], r[field]) for r in records if "error" not in r and r["model"] == "qgn"
                                 and r["mode"] == "inference" and (r["height"], r["width"]) == (h, w)
                                 and r["mask"] == mask)
@@ -232,10 +182,8 @@ def write_plot(path: Path, records) -> None:
                     if r is not None:
                         ax.axhline(r[field], linestyle=style, color=color,
                                    label=f"{'dense twin' if model == 'dense' else 'smp Unet-resnet18'} ({mask})")
-            ax.set_yscale("log")
-            ax.set_xlabel("QGN inference depth (levels computed below the root grid)")
-            ax.set_ylabel(label)
-            ax.set_title(f"{h}x{w}, batch 1, 19 classes")
+            ax.set(yscale="log", xlabel="QGN inference depth (levels computed below the root grid)", ylabel=label,
+                   title=f"{h}x{w}, batch 1, 19 classes")
             ax.grid(True, which="both", alpha=0.3)
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
@@ -253,23 +201,18 @@ def parse_args(argv):
     parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--depths", default=",".join(map(str, range(DEPTH + 1))), help="QGN inference depths")
-    workloads.add_measurement_arguments(parser)
-    harness.add_output_arguments(parser, "bench_qgn", "128x256 and 256x512, one timed run: a smoke test")
-    args = parser.parse_args(argv)
-    harness.resolve_outputs(args, argv, "bench_qgn", "128x256,256x512")
-    args.sizes = harness.parse_sizes(args.sizes, 1 << DEPTH)
+    args = workloads.parse_args(parser, argv, "bench_qgn", "128x256,256x512",
+                                "128x256 and 256x512, one timed run: a smoke test")
     args.masks = harness.parse_list(args.masks, MASKS, "--masks")
     args.models = harness.parse_list(args.models, MODELS, "--models")
     args.modes = harness.parse_list(args.modes, MODES, "--modes")
     args.depths = [int(d) for d in args.depths.split(",")]
     if any(not 0 <= d <= DEPTH for d in args.depths):
         raise SystemExit(f"--depths must lie in 0..{DEPTH}")
-    workloads.check_measurement_args(args)
     return args
 
 
 def report(args, records: list[dict], argv: list[str]) -> None:
-    """Markdown and plot files, the tables on stdout."""
     write_markdown(Path(args.markdown), records, argv)
     write_plot(Path(args.plot), records)
     print(table(records))
@@ -279,24 +222,7 @@ def report(args, records: list[dict], argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.render_only:  # the command line recorded in the records is the measuring one
-        records = json.loads(Path(args.json).read_text())
-        report(args, records, harness.records_argv(records))
-        return 0
-    workloads.check_device(args)
-    if "smp_unet" in args.models and workloads.import_smp() is None:
-        print("segmentation_models_pytorch is not installed: skipping smp_unet (pip install -e \".[bench]\", or "
-              "pip install segmentation-models-pytorch)", file=sys.stderr)
-        args.models = [m for m in args.models if m != "smp_unet"]
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_qgn_") as tmp:
-        records = run_suite(args, Path(tmp), argv)
-    harness.write_json(Path(args.json), records)
-    report(args, records, argv)
-    print(f"wrote {args.json}, {args.markdown}, {args.plot}")
-    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return 0
+    return harness.main(parse_args(argv), argv, run_suite, report)
 
 
 if __name__ == "__main__":

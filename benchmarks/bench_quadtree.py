@@ -9,7 +9,6 @@ Prints a table (median ms; ratio to a plain copy of the mask) and the nodes per 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -20,9 +19,8 @@ import torch
 from scipy import ndimage
 
 import quadtree as qt
-
-ROOT = Path(__file__).resolve().parents[1]
-NUCLEI = ROOT / "examples" / "nuclei_dsb2018.npz"  # shipped with the repository (README, "Test data")
+import harness
+from harness import NUCLEI, ROOT
 
 
 def street_like(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -75,13 +73,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    masks = {
-        "street_like": street_like(args.height, args.width),
-        "small_objects": small_objects(args.height, args.width),
-        "nuclei_tiled": nuclei_tiled(args.height, args.width),
-    }
+    h, w = args.height, args.width
+    masks = {"street_like": street_like(h, w), "small_objects": small_objects(h, w), "nuclei_tiled": nuclei_tiled(h, w)}
     records = []
-    print(f"{args.height}x{args.width} uint8 masks, depth {args.depth}, {args.repeats} repeats, "
+    print(f"{h}x{w} uint8 masks, depth {args.depth}, {args.repeats} repeats, "
           f"{args.threads} threads; ratios are to mask.copy() timed in the same run")
     print("| mask | copy ms | encode ms | decode ms (uint8) | decode ms (int64) | encode/copy | decode/copy "
           "| nodes per level |")
@@ -97,20 +92,16 @@ def main() -> None:
         decode_ms = median_ms(lambda: qt.decode(tree), args.repeats)
         decode64_ms = median_ms(lambda: qt.decode(tree, dtype=torch.int64), args.repeats)
         nodes = [level.num_nodes for level in tree.levels]
-        stats = qt.tree_stats(tree)
-        record = {
-            "mask": name, "height": args.height, "width": args.width, "depth": args.depth,
-            "copy_ms": copy_ms, "encode_ms": encode_ms, "decode_uint8_ms": decode_ms, "decode_int64_ms": decode64_ms,
-            "encode_over_copy": encode_ms / copy_ms, "decode_over_copy": decode_ms / copy_ms,
-            "nodes_per_level": nodes, "active_fraction_per_level": [l.active_fraction for l in stats.levels],
-        }
-        records.append(record)
+        fractions = [level.active_fraction for level in qt.tree_stats(tree).levels]
+        records.append({"mask": name, "height": h, "width": w, "depth": args.depth, "copy_ms": copy_ms,
+                        "encode_ms": encode_ms, "decode_uint8_ms": decode_ms, "decode_int64_ms": decode64_ms,
+                        "encode_over_copy": encode_ms / copy_ms, "decode_over_copy": decode_ms / copy_ms,
+                        "nodes_per_level": nodes, "active_fraction_per_level": fractions})
         print(f"| {name} | {copy_ms:.3f} | {encode_ms:.2f} | {decode_ms:.2f} | {decode64_ms:.2f} "
               f"| {encode_ms / copy_ms:.0f}x | {decode_ms / copy_ms:.0f}x | {'/'.join(map(str, nodes))} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
             "threads": args.threads, "repeats": args.repeats}
-    Path(args.json).write_text(json.dumps({"meta": meta, "records": records}, indent=2))
+    harness.write_json(Path(args.json), {"meta": meta, "records": records}, indent=2)
     print(f"wrote {args.json}")
 
 

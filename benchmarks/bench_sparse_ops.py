@@ -34,7 +34,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_JSON = ROOT / "benchmarks" / "results" / "sparse_ops.json"
+import harness
+from harness import ROOT
+
 METHODS = ("wrapper", "wrapper_cached", "spconv", "torch", "dense")
 PATTERNS = ("band", "random")
 
 
-# ---- active sites ----------------------------------------------------------------------------------------------
 def smooth_label_mask(height: int, width: int, num_classes: int = 4, seed: int = 0) -> np.ndarray:
     """(H, W) int labels: argmax over `num_classes` Gaussian-blurred noise fields (blobs ~ min(H, W) / 8 across)."""
     from scipy.ndimage import gaussian_filter
@@ -86,43 +85,26 @@ def _take_smallest(score: np.ndarray, fraction: float) -> np.ndarray:
     return np.ascontiguousarray(np.stack([np.zeros_like(y), y, x], axis=1).astype(np.int32))
 
 
-# ---- one case, in its own process --------------------------------------------------------------------------------
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+def cpu_seconds() -> tuple[float | None, float, float]:
+    """(busy seconds of the whole machine from /proc/stat, None without it; CPU seconds of this process; wall)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        machine = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    except OSError:
+        machine = None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return machine, usage.ru_utime + usage.ru_stime, time.perf_counter()
 
 
-class BackgroundLoad:
-    """Cores kept busy by other processes while a block runs: machine-wide busy time (/proc/stat) minus ours.
-
-    The development machine is shared; this tells a clean measurement (about 0) from one taken while other jobs
-    ran (up to the core count). None where /proc/stat is unavailable.
-    """
-
-    def __enter__(self):
-        self._start = (self._machine_busy_s(), self._own_cpu_s(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc):
-        busy, own, wall = self._machine_busy_s(), self._own_cpu_s(), time.perf_counter()
-        if busy is None or self._start[0] is None:
-            self.cores = None
-        else:
-            self.cores = max(0.0, ((busy - self._start[0]) - (own - self._start[1])) / (wall - self._start[2]))
-
-    @staticmethod
-    def _own_cpu_s() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    @staticmethod
-    def _machine_busy_s() -> float | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except OSError:
-            return None
-        idle = fields[3] + fields[4]  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+def background_cores(start: tuple) -> float | None:
+    """Cores kept busy by other processes since `start = cpu_seconds()`: the machine's busy time minus ours. The
+    development machine is shared; this tells a clean measurement (about 0) from one taken while other jobs ran
+    (up to the core count). None where /proc/stat is unavailable."""
+    end = cpu_seconds()
+    if end[0] is None or start[0] is None:
+        return None
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
 
 
 def run_case(case: dict) -> dict:
@@ -138,17 +120,18 @@ def run_case(case: dict) -> dict:
     _forward_backward(*tiny[:3])
     del tiny
     forward, params, grad_out, num_sites = _make(method, shape, channels, coords)
-    baseline = _peak_rss_mb()
-    with BackgroundLoad() as load:
-        with torch.no_grad():
-            fwd_ms, fwd_cpu_ms = _time(forward, case["repeats"])
-        extra_fwd = _peak_rss_mb() - baseline
-        fwdbwd_ms, fwdbwd_cpu_ms = _time(lambda: _forward_backward(forward, params, grad_out), case["repeats"])
-        extra_total = _peak_rss_mb() - baseline
+    baseline = harness.ru_maxrss_mb()
+    start = cpu_seconds()
+    with torch.no_grad():
+        fwd_ms, fwd_cpu_ms = _time(forward, case["repeats"])
+    extra_fwd = harness.ru_maxrss_mb() - baseline
+    fwdbwd_ms, fwdbwd_cpu_ms = _time(lambda: _forward_backward(forward, params, grad_out), case["repeats"])
+    extra_total = harness.ru_maxrss_mb() - baseline
+    cores = background_cores(start)
     return {"num_sites": int(num_sites), "fwd_ms_all": fwd_ms, "fwdbwd_ms_all": fwdbwd_ms,
             "fwd_cpu_ms_all": fwd_cpu_ms, "fwdbwd_cpu_ms_all": fwdbwd_cpu_ms,
             "extra_mb_fwd": extra_fwd, "extra_mb": extra_total, "baseline_mb": baseline,
-            "background_cores": load.cores}
+            "background_cores": cores}
 
 
 def _forward_backward(forward, params, grad_out) -> None:
@@ -158,11 +141,8 @@ def _forward_backward(forward, params, grad_out) -> None:
 
 
 def _time(fn, repeats: int) -> tuple[list[float], list[float]]:
-    """Wall-clock and process-CPU milliseconds of `repeats` calls of fn after one untimed warm-up call.
-
-    With one thread the CPU time hardly depends on other jobs (the wall time does); with more threads it also
-    counts the time worker threads spend waiting for each other.
-    """
+    """Wall-clock and process-CPU milliseconds of `repeats` calls of fn after one untimed warm-up call (with one
+    thread the CPU time hardly depends on other jobs; with more it also counts threads waiting for each other)."""
     wall, cpu = [], []
     for i in range(repeats + 1):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -174,10 +154,8 @@ def _time(fn, repeats: int) -> tuple[list[float], list[float]]:
 
 
 def _make(method: str, shape: tuple[int, int], channels: int, coords):
-    """(forward() -> output, parameters to clear, output gradient, number of sites) of one case.
-
-    coords: int32 (N, 3) tensor of the active sites, None for the dense method.
-    """
+    """(forward() -> output, parameters to clear, output gradient, number of sites) of one case; coords: int32
+    (N, 3) active sites, None for the dense method."""
     import warnings
 
     import torch
@@ -200,7 +178,6 @@ def _make(method: str, shape: tuple[int, int], channels: int, coords):
         def forward():
             return layer(spconv.SparseConvTensor(feats, coords, [height, width], 1)).features
     else:
-        sys.path.insert(0, str(ROOT))
         from sparse_ops import SparseGeometry, SubMConv2d
 
         layer = SubMConv2d(channels, channels, 3, backend="torch" if method == "torch" else "spconv")
@@ -212,38 +189,23 @@ def _make(method: str, shape: tuple[int, int], channels: int, coords):
     return forward, [feats, *layer.parameters()], grad_out, coords.shape[0]
 
 
-def wait_until_quiet(max_cores: float, timeout: float, window: float = 5.0) -> float | None:
-    """Block until other processes use fewer than `max_cores` cores over `window` seconds, or `timeout` passed.
-
-    Returns the last load seen (None without /proc/stat). On a shared machine this keeps cases from running
-    while other jobs saturate the cores; the load during each case is recorded anyway ("background cores").
-    """
+def wait_until_quiet(max_cores: float, timeout: float, window: float = 5.0) -> None:
+    """Wait until other processes use fewer than `max_cores` cores over `window` seconds, at most `timeout` s
+    (on a shared machine: no case while other jobs saturate the cores; the load during a case is recorded)."""
     deadline = time.monotonic() + timeout
-    while True:
-        with BackgroundLoad() as load:
-            time.sleep(window)
-        if load.cores is None or load.cores < max_cores or time.monotonic() > deadline:
-            return load.cores
+    while time.monotonic() <= deadline:
+        start = cpu_seconds()
+        time.sleep(window)
+        cores = background_cores(start)
+        if cores is None or cores < max_cores:
+            return
 
 
-def run_in_subprocess(case: dict, timeout: float) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": str(case["threads"]), "MKL_NUM_THREADS": str(case["threads"])},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# ---- report --------------------------------------------------------------------------------------------------------
 def aggregate(key: tuple, rounds: list[dict]) -> dict:
     """One record from the rounds of a case: timings pooled over rounds (median and min), memory median."""
     size_str, pattern, fraction, method = key
-    fwd = [t for r in rounds for t in r["fwd_ms_all"]]
-    fwdbwd = [t for r in rounds for t in r["fwdbwd_ms_all"]]
-    fwd_cpu = [t for r in rounds for t in r["fwd_cpu_ms_all"]]
-    fwdbwd_cpu = [t for r in rounds for t in r["fwdbwd_cpu_ms_all"]]
+    fwd, fwdbwd, fwd_cpu, fwdbwd_cpu = ([t for r in rounds for t in r[f"{k}_all"]]
+                                        for k in ("fwd_ms", "fwdbwd_ms", "fwd_cpu_ms", "fwdbwd_cpu_ms"))
     loads = [r["background_cores"] for r in rounds if r["background_cores"] is not None]
     return {
         "size_str": size_str, "pattern": pattern, "fraction": fraction, "method": method,
@@ -260,11 +222,9 @@ def aggregate(key: tuple, rounds: list[dict]) -> dict:
 
 def markdown_table(records: list[dict]) -> str:
     dense = {r["size_str"]: r for r in records if r["method"] == "dense"}
-    lines = [
-        "| size | sites | active % | method | fwd ms (min) | fwd+bwd ms (min) | CPU ms fwd / fwd+bwd | extra MB "
-        "| fwd speed-up vs dense | fwd+bwd speed-up vs dense | dense extra MB / extra MB | background cores |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| size | sites | active % | method | fwd ms (min) | fwd+bwd ms (min) | CPU ms fwd / fwd+bwd | extra MB "
+             "| fwd speed-up vs dense | fwd+bwd speed-up vs dense | dense extra MB / extra MB | background cores |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         d = dense.get(r["size_str"])
         if r["method"] == "dense" or d is None:
@@ -332,7 +292,6 @@ def crossover_lines(records: list[dict], method: str = "wrapper") -> list[str]:
     return lines
 
 
-# ---- driver --------------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="512x512", help="comma-separated HxW grids, e.g. 512x512,1024x2048")
@@ -348,25 +307,21 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=1800, help="seconds per case")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each case wait up to this long for other processes to use < 0.3 cores")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON,
+    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sparse_ops.json",
                    help="where to write the results (a markdown report is written beside it, suffix .md)")
-    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    p.add_argument("case", nargs="?", help=argparse.SUPPRESS)  # internal: run this case (JSON) in this process
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(json.loads(args.case))))
+        harness.print_record(run_case(json.loads(args.case)))
         return
-    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    sizes = harness.parse_sizes(args.sizes, 1)
     fractions = [float(f) / 100 for f in args.fractions.split(",")]
-    patterns = [p for p in args.patterns.split(",") if p]
-    methods = [m for m in args.methods.split(",") if m]
-    for name, given, valid in (("pattern", patterns, PATTERNS), ("method", methods, METHODS)):
-        bad = [v for v in given if v not in valid]
-        if bad:
-            raise SystemExit(f"unknown {name}s {bad}; valid: {', '.join(valid)}")
+    patterns = harness.parse_list(args.patterns, PATTERNS, "--patterns")
+    methods = harness.parse_list(args.methods, METHODS, "--methods")
     common = {"channels": args.channels, "repeats": args.repeats, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         cases: list[tuple[tuple, dict]] = []  # ((size, pattern, fraction, method), case)
@@ -380,12 +335,9 @@ def main(argv=None):
                 for fraction in fractions:
                     if pattern == "random" and fraction >= 1.0:
                         continue  # 100% random = 100% band: every site
-                    if pattern == "band":
-                        sites = band_sites(labels, fraction)
-                    else:
-                        sites = random_sites((height, width), fraction)
                     path = Path(tmp) / f"{size_str}_{pattern}_{fraction}.npy"
-                    np.save(path, sites)
+                    np.save(path, band_sites(labels, fraction) if pattern == "band"
+                            else random_sites((height, width), fraction))
                     for method in methods:
                         if method != "dense":
                             cases.append(((size_str, pattern, fraction, method), {**base, "method": method,
@@ -395,12 +347,13 @@ def main(argv=None):
             for key, case in cases if round_index % 2 == 0 else cases[::-1]:
                 if args.wait_quiet > 0:
                     wait_until_quiet(0.3, args.wait_quiet)
-                result = run_in_subprocess(case, args.timeout)
+                result = harness.run_isolated(Path(__file__), case, {}, args.timeout, case["threads"])
+                if "error" in result:
+                    raise RuntimeError(f"case {case} failed: {result['error']}")
                 results[key].append(result)
                 fwd, fwdbwd = statistics.median(result["fwd_ms_all"]), statistics.median(result["fwdbwd_ms_all"])
                 print(f"round {round_index + 1}: {' '.join(map(str, key))}: fwd {fwd:.1f} ms, fwd+bwd {fwdbwd:.1f} ms, "
-                      f"+{result['extra_mb']:.0f} MB, "
-                      f"background {result['background_cores']:.2f} cores", flush=True)
+                      f"+{result['extra_mb']:.0f} MB, background {result['background_cores']:.2f} cores", flush=True)
     records = [aggregate(key, rounds) for key, rounds in results.items()]
     report = [
         f"3x3 submanifold conv, {args.channels} -> {args.channels} channels, batch 1, torch threads {args.threads}; "
@@ -411,11 +364,10 @@ def main(argv=None):
     ]
     text = "\n".join(report)
     print("\n" + text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = {"channels": args.channels, "threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
             "kernel_size": 3, "cpu_count": os.cpu_count(), "argv": sys.argv[1:],
             "note": "spconv's Native CPU path is serial C++ whatever the torch thread count"}
-    args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    harness.write_json(args.json, {"meta": meta, "records": records})
     args.json.with_suffix(".md").write_text(text + "\n")
     print(f"\nwrote {args.json} and {args.json.with_suffix('.md')}")
 

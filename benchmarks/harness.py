@@ -29,34 +29,27 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NUCLEI = ROOT / "examples" / "nuclei_dsb2018.npz"  # shipped with the repository (README, "Test data")
 RECORD_PREFIX = "BENCH_RECORD "
-
-
-# ---- isolation: one configuration per process ------------------------------------------------------------------
 
 
 def run_isolated(script: Path, spec: dict, identity: dict, timeout: float, threads: int,
                  omp_wait_policy: str = "") -> dict:
-    """Run `python script SPEC_JSON` in a fresh process (cwd: the repository) and return the record it printed.
-
-    Args:
-        script: a worker whose main prints `print_record(...)`; spec: its one argument, as JSON.
-        identity: the fields that name the configuration, kept in the error record when the worker fails.
-        threads: OMP_NUM_THREADS and MKL_NUM_THREADS of the worker.
-        omp_wait_policy: OMP_WAIT_POLICY of the worker ("": the environment's, else the library's PASSIVE).
-    """
+    """Run `python script SPEC_JSON` (a worker ending in `print_record`) in a fresh process, cwd the repository,
+    OMP/MKL_NUM_THREADS=threads and OMP_WAIT_POLICY=omp_wait_policy unless ""; the record it printed, or
+    `{**identity, "error": ...}`."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     if omp_wait_policy:
         env["OMP_WAIT_POLICY"] = omp_wait_policy
-    command = [sys.executable, str(script), json.dumps(spec)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
-                              check=False)
+        done = subprocess.run([sys.executable, str(script), json.dumps(spec)], capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT, env=env, check=False)
     except subprocess.TimeoutExpired:
         return {**identity, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(done.stdout.splitlines()):
@@ -71,36 +64,18 @@ def print_record(record: dict) -> None:
     print(RECORD_PREFIX + json.dumps(record), flush=True)
 
 
-# ---- process memory ----------------------------------------------------------------------------------------------
-
-
-def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2 ** 20
-    except ImportError:
-        return ru_maxrss_mb()
-
-
 def ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def peak_rss_mb() -> float:
-    """The address space's peak RSS (VmHWM): what ru_maxrss reports, except that ru_maxrss also keeps the
-    peak seen when any thread of the process exited, which /proc/self/clear_refs cannot reset."""
+def status_mb(field: str) -> float:
+    """A field of /proc/self/status in MB: VmRSS (the current RSS) or VmHWM (the address space's peak RSS: what
+    ru_maxrss reports, except that ru_maxrss also keeps the peak seen when any thread of the process exited, which
+    /proc/self/clear_refs cannot reset). ru_maxrss where there is no /proc."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -117,16 +92,10 @@ def reset_peak_rss() -> bool:
         return False
 
 
-# ---- time and memory of the measured work ----------------------------------------------------------------------
-
-
 def measure(step: Callable[[], object], warmup: int, repeats: int, device) -> dict:
-    """Run `step()` warmup + repeats times; time and peak memory as the module docstring says.
-
-    Call it once the process has paid its one-off costs (imports, model, inputs, a priming pass): everything
-    allocated from here on counts. Returns peak_memory_mb, peak_rss_mb, baseline_rss_mb, peak_reset,
-    ru_maxrss_mb, median_ms, times_ms, median_cpu_ms and load_avg_1min (when the work started).
-    """
+    """Run `step()` warmup + repeats times; time and peak memory as the module docstring says (load_avg_1min: when
+    the work started). Call it once the process has paid its one-off costs (imports, model, inputs, a priming
+    pass): everything allocated from here on counts."""
     import torch
 
     cuda = device.type == "cuda"
@@ -138,7 +107,7 @@ def measure(step: Callable[[], object], warmup: int, repeats: int, device) -> di
     gc.collect()
     sync()
     peak_reset = reset_peak_rss()
-    baseline_rss = current_rss_mb()
+    baseline_rss = status_mb("VmRSS")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         baseline_alloc = torch.cuda.memory_allocated(device)
@@ -155,7 +124,7 @@ def measure(step: Callable[[], object], warmup: int, repeats: int, device) -> di
             times.append(elapsed)
             cpu_times.append(time.process_time() - cpu_start)
     sync()
-    peak_rss = peak_rss_mb()
+    peak_rss = status_mb("VmHWM")
     if cuda:
         peak_memory = (torch.cuda.max_memory_allocated(device) - baseline_alloc) / 2 ** 20
     else:
@@ -168,42 +137,16 @@ def measure(step: Callable[[], object], warmup: int, repeats: int, device) -> di
             "load_avg_1min": None if load is None else round(load, 2)}
 
 
-# ---- command lines ---------------------------------------------------------------------------------------------
-
-
-def add_output_arguments(parser, stem: str, quick_help: str) -> None:
-    """--json/--markdown/--plot (default OUT/<stem>.json|md|png), --out, --quick and --render-only."""
-    for name, suffix in (("json", "json"), ("markdown", "md"), ("plot", "png")):
-        parser.add_argument(f"--{name}", help=f"output file (default OUT/{stem}.{suffix})")
-    parser.add_argument("--out", default="runs/bench", metavar="OUT",
-                        help="folder of the outputs (default runs/bench; the committed figures README shows are in "
-                             "benchmarks/results and change only when you pass --out benchmarks/results)")
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--render-only", action="store_true",
-                        help="measure nothing: rewrite the markdown and plot from the existing --json records")
-
-
-def resolve_outputs(args, argv: list[str], stem: str, quick_sizes: str) -> None:
-    """Fill the output paths left unset from --out, and --quick's sizes and repeats."""
-    for name, suffix in (("json", "json"), ("markdown", "md"), ("plot", "png")):
-        if getattr(args, name) is None:
-            setattr(args, name, str(Path(args.out) / f"{stem}.{suffix}"))
-    if args.quick:
-        if "--sizes" not in argv:
-            args.sizes = quick_sizes
-        args.repeats = 1 if args.repeats is None else args.repeats
-
-
-def parse_sizes(text: str, multiple: int, flag: str = "--sizes") -> list[tuple[int, int]]:
+def parse_sizes(text: str, multiple: int) -> list[tuple[int, int]]:
     """"512x1024,1024x2048" -> [(512, 1024), (1024, 2048)]; each side a multiple of `multiple`."""
     sizes = []
     for item in text.split(","):
         try:
             h, w = (int(v) for v in item.lower().split("x"))
         except ValueError:
-            raise SystemExit(f"{flag}: {item!r} is not HxW (e.g. 512x1024)") from None
+            raise SystemExit(f"--sizes: {item!r} is not HxW (e.g. 512x1024)") from None
         if h % multiple or w % multiple:
-            raise SystemExit(f"{flag}: {item} must be multiples of {multiple}")
+            raise SystemExit(f"--sizes: {item} must be multiples of {multiple}")
         sizes.append((h, w))
     return sizes
 
@@ -216,20 +159,26 @@ def parse_list(text: str, valid, flag: str) -> list[str]:
     return items
 
 
+def main(args, argv: list[str], measure: Callable, report: Callable) -> int:
+    """A cost benchmark once its arguments are parsed: the records of `measure(args, temporary folder, argv)`
+    (under --render-only: those of --json) to --json, then `report(args, records, argv)`."""
+    if args.render_only:  # the command line recorded in the records is the measuring one
+        records = json.loads(Path(args.json).read_text())
+        report(args, records, next((r["argv"] for r in records if r.get("argv") is not None), []))
+        return 0
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        records = measure(args, Path(tmp), argv)
+    write_json(Path(args.json), records)
+    report(args, records, argv)
+    print(f"wrote {args.json}, {args.markdown}, {args.plot}")
+    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
 def command_line(script: str, argv: list[str]) -> str:
     """The command that measured a set of records, as README and the markdown reports quote it."""
     return f"python benchmarks/{script}" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
-
-
-def records_argv(records: list[dict]) -> list[str]:
-    """The command-line arguments stored in the records (those of the run that measured them)."""
-    for r in records:
-        if r.get("argv") is not None:
-            return r["argv"]
-    return []
-
-
-# ---- records: formatting and writing -----------------------------------------------------------------------------
 
 
 def fmt_macs(macs) -> str:
@@ -242,10 +191,7 @@ def fmt_depth(depth) -> str:
 
 def find(records: list[dict], **where) -> dict | None:
     """The first record without an error whose fields equal `where`."""
-    for r in records:
-        if "error" not in r and all(r.get(k) == v for k, v in where.items()):
-            return r
-    return None
+    return next((r for r in records if "error" not in r and all(r.get(k) == v for k, v in where.items())), None)
 
 
 def progress(r: dict) -> str:
@@ -268,6 +214,6 @@ def environment(records: list[dict]) -> str:
                                                            f"started {min(loads):.1f} .. {max(loads):.1f}"))
 
 
-def write_json(path: Path, records: list[dict]) -> None:
+def write_json(path: Path, data, indent: int = 1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records, indent=1))
+    path.write_text(json.dumps(data, indent=indent))

@@ -8,7 +8,7 @@
   boundary-density sweep).
 
 A worker reads its input from a file that `save_inputs` wrote (image float32 (3, H, W), mask uint8 (H, W)); every
-record carries the tree's active fraction, nodes and MIXED nodes per level (`tree_summary`).
+record carries the tree's active fraction, nodes and MIXED nodes per level.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ import quadtree as qt  # first: sets the OpenMP wait policy before torch loads
 import numpy as np
 import torch
 
-from harness import ROOT
+from harness import NUCLEI
 
-NUCLEI = ROOT / "examples" / "nuclei_dsb2018.npz"
 NUM_CLASSES = 19
 DEPTH = 5
-MASKS = ("street", "nuclei")
 
 
 def street_inputs(height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,9 +50,8 @@ def nuclei_inputs(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor] 
     return image, torch.from_numpy(mask)
 
 
-def mask_inputs(name: str, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The inputs `name` (one of MASKS) names; None when they are not available."""
-    return street_inputs(height, width) if name == "street" else nuclei_inputs(height, width)
+MASKS = {"street": street_inputs, "nuclei": nuclei_inputs}
+"""`--masks` name -> (image, mask) of a size, None when not available."""
 
 
 def voronoi_mask(height: int, width: int, cells: int, seed: int = 0) -> np.ndarray:
@@ -69,10 +66,6 @@ def voronoi_mask(height: int, width: int, cells: int, seed: int = 0) -> np.ndarr
     return labels[nearest].reshape(height, width)
 
 
-def full_res_active_fraction(mask: np.ndarray) -> float:
-    return qt.tree_stats(qt.encode(mask, DEPTH)).levels[DEPTH].active_fraction
-
-
 def density_mask(height: int, width: int, target: float, seed: int = 0) -> tuple[np.ndarray, float, int]:
     """(mask, its full-resolution active fraction, Voronoi cells): the fraction close to `target` (bisection on
     the cell count)."""
@@ -81,7 +74,7 @@ def density_mask(height: int, width: int, target: float, seed: int = 0) -> tuple
     for _ in range(14):
         cells = int(round(math.sqrt(low * high)))
         mask = voronoi_mask(height, width, max(cells, 2), seed)
-        fraction = full_res_active_fraction(mask)
+        fraction = qt.tree_stats(qt.encode(mask, DEPTH)).levels[DEPTH].active_fraction
         if best is None or abs(math.log(fraction / target)) < abs(math.log(best[1] / target)):
             best = (mask, fraction, cells)
         if abs(fraction / target - 1) < 0.08:
@@ -90,18 +83,14 @@ def density_mask(height: int, width: int, target: float, seed: int = 0) -> tuple
     return best
 
 
-def tree_summary(mask) -> dict:
-    """Active fraction, nodes and MIXED nodes per level of the mask's depth-5 tree."""
-    stats = qt.tree_stats(qt.encode(mask, DEPTH))
-    return {"active_fraction_per_level": [round(l.active_fraction, 6) for l in stats.levels],
-            "tree_nodes_per_level": [l.nodes for l in stats.levels],
-            "tree_mixed_per_level": [l.mixed for l in stats.levels]}
-
-
 def save_inputs(path: Path, image: torch.Tensor, mask: torch.Tensor, **info) -> dict:
-    """Write (image, mask) for the workers; returns {"inputs": path, **tree_summary(mask), **info}."""
+    """Write (image, mask) for the workers; returns {"inputs": path, the active fraction, nodes and MIXED nodes per
+    level of the mask's depth-5 tree, **info}."""
     torch.save({"image": image.contiguous(), "mask": mask.contiguous()}, path)
-    return {"inputs": str(path), **tree_summary(mask), **info}
+    stats = qt.tree_stats(qt.encode(mask, DEPTH))
+    return {"inputs": str(path), "active_fraction_per_level": [round(l.active_fraction, 6) for l in stats.levels],
+            "tree_nodes_per_level": [l.nodes for l in stats.levels],
+            "tree_mixed_per_level": [l.mixed for l in stats.levels], **info}
 
 
 def load_inputs(path: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

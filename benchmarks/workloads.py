@@ -1,6 +1,6 @@
 """One configuration of the cost benchmarks: a network doing one step on one input, in this (fresh) process.
 
-    python benchmarks/workloads.py SPEC_JSON    # what `run_in_fresh_process` starts; prints one record
+    python benchmarks/workloads.py SPEC_JSON    # what `run_all` starts; prints one record
 
 Networks (`NETWORKS`, batch 1, 19 classes, depth 5):
 - "qgn": `qgn.build_model(QGNConfig(model="qgn"))`. Inference: `qgn.predict.predict(model, images, max_depth=k,
@@ -45,58 +45,40 @@ from qgn.predict import predict
 from sparse_ops import BACKENDS, spconv_available
 from training.loss import QuadtreeLoss
 
-IGNORE_INDEX = 255
-
-
-# ---- networks ------------------------------------------------------------------------------------------------
-
 
 class QuadtreeNetwork:
-    """QGN ("qgn", expanding the oracle tree) or its dense twin ("dense", every cell of every level)."""
+    """QGN ("qgn") or its dense twin ("dense")."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self.tree_source = "oracle" if kind == "qgn" else None
 
-    def load_libraries(self) -> None:
+    def build(self, seed: int, backend: str) -> nn.Module:
         if self.kind == "qgn":
             spconv_available()  # its lazy import (seconds, ~100 MB of libraries) is not part of the measured work
-
-    def build(self, seed: int, backend: str) -> nn.Module:
         torch.manual_seed(seed)
         return build_model(QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH, model=self.kind, backend=backend))
 
     def infer(self, model, images, tree, depth) -> list[int]:
-        """Predict; the nodes computed per level."""
         if self.kind == "qgn":
             return predict(model, images, max_depth=depth, oracle_tree=tree).nodes_per_level
         return predict(model, images).nodes_per_level
 
-    def loss_function(self, device):
-        criterion = QuadtreeLoss(NUM_CLASSES, DEPTH).to(device)
+    def loss(self, model, images, masks, tree, criterion: QuadtreeLoss):
+        out = model(images, tree)
+        return criterion(out.level_logits, tree, out.full_logits, masks)["loss"]
 
-        def loss(model, images, masks, tree):
-            out = model(images, tree)
-            return criterion(out.level_logits, tree, out.full_logits, masks)["loss"]
-
-        return loss
-
-    def forward_cost(self, model, images, tree, depth, nodes_per_level=None) -> tuple[int, list[int]]:
-        """(MACs, nodes per level) of the inference at `depth`; predicts once unless the nodes are given."""
-        if nodes_per_level is None:
-            model.eval()
-            nodes_per_level = self.infer(model, images, tree, depth)
+    def forward_cost(self, model, images, tree, depth) -> tuple[int, list[int]]:
+        """(MACs, nodes per level) of the inference at `depth`."""
+        nodes_per_level = list(self.infer(model.eval(), images, tree, depth))
         # the images are multiples of 2**depth (harness.parse_sizes): their padded shape is their shape
-        return prediction_macs(model, tuple(images.shape), nodes_per_level), list(nodes_per_level)
+        return prediction_macs(model, tuple(images.shape), nodes_per_level), nodes_per_level
 
 
 class UnetNetwork:
     """segmentation_models_pytorch's Unet with a resnet18 encoder, untrained (the peer)."""
 
     tree_source = None
-
-    def load_libraries(self) -> None:
-        pass
 
     def build(self, seed: int, backend: str) -> nn.Module:
         smp = import_smp()
@@ -108,13 +90,10 @@ class UnetNetwork:
     def infer(self, model, images, tree, depth) -> None:
         model(images).argmax(1)
 
-    def loss_function(self, device):
-        def loss(model, images, masks, tree):
-            return nn.functional.cross_entropy(model(images), masks, ignore_index=IGNORE_INDEX)
+    def loss(self, model, images, masks, tree, criterion):
+        return nn.functional.cross_entropy(model(images), masks, ignore_index=255)
 
-        return loss
-
-    def forward_cost(self, model, images, tree, depth, nodes_per_level=None) -> tuple[int, None]:
+    def forward_cost(self, model, images, tree, depth) -> tuple[int, None]:
         return conv2d_macs(model, images), None
 
 
@@ -146,12 +125,10 @@ _TORCHVISION_SHIM = []
 
 
 def import_smp():
-    """Import segmentation_models_pytorch; None when it is not installed.
-
-    PyPI's torchvision wheels link the CUDA build of torch; with the CPU build their C ops do not load and
-    `import torchvision` fails registering fake kernels for the two ops it does not guard (nms, qnms). The
-    models need none of its C ops, so on that failure the two op schemas are declared and the import retried.
-    """
+    """Import segmentation_models_pytorch; None when it is not installed. PyPI's torchvision wheels link the CUDA
+    build of torch; with the CPU build their C ops do not load and `import torchvision` fails registering fake
+    kernels for the two ops it does not guard (nms, qnms). The models need none of its C ops, so on that failure
+    the two op schemas are declared and the import retried."""
     try:
         import segmentation_models_pytorch as smp
 
@@ -172,40 +149,31 @@ def import_smp():
     return smp
 
 
-# ---- steps -----------------------------------------------------------------------------------------------------
-
-
 class InferenceStep:
-    """One inference in eval mode without autograd; keeps the nodes per level of the last one (QGN, dense)."""
+    """One inference in eval mode without autograd."""
 
     def __init__(self, network, model: nn.Module, depth: int | None, device: torch.device, amp: str):
         self.network, self.model, self.depth, self.device, self.amp = network, model.eval(), depth, device, amp
-        self.nodes_per_level = None
 
     def __call__(self, images, masks, tree) -> None:
         with torch.no_grad(), autocast(self.amp, self.device):
-            nodes = self.network.infer(self.model, images, tree, self.depth)
-        self.nodes_per_level = None if nodes is None else list(nodes)
+            self.network.infer(self.model, images, tree, self.depth)
 
-    def prime(self, images, masks, tree) -> None:
-        self(images, masks, tree)
-        self.nodes_per_level = None
+    prime = __call__
 
 
 class TrainStep:
     """One training step in train mode: forward and loss under autocast, backward (scaled under fp16), AdamW."""
 
-    nodes_per_level = None
-
     def __init__(self, network, model: nn.Module, depth: int | None, device: torch.device, amp: str):
-        self.model, self.device, self.amp = model.train(), device, amp
+        self.network, self.model, self.device, self.amp = network, model.train(), device, amp
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        self.loss = network.loss_function(device)
+        self.criterion = QuadtreeLoss(NUM_CLASSES, DEPTH).to(device)  # QGN's and the dense twin's
         self.scaler = grad_scaler(amp, device)
 
     def __call__(self, images, masks, tree, update: bool = True) -> float:
         with autocast(self.amp, self.device):
-            loss = self.loss(self.model, images, masks, tree)
+            loss = self.network.loss(self.model, images, masks, tree, self.criterion)
         self.scaler.scale(loss).backward()
         if update:
             self.scaler.step(self.optimizer)
@@ -221,20 +189,16 @@ STEPS = {"inference": InferenceStep, "train": TrainStep}
 """`--modes` name -> the step a configuration measures."""
 
 
-# ---- one configuration -------------------------------------------------------------------------------------------
-
-
 def run_configuration(spec: dict) -> dict:
     """Build, prime, measure and count one configuration (a spec of `make_spec`) in this process; its record."""
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     network = NETWORKS[spec["model"]]
-    network.load_libraries()
-    amp, depth = spec.get("amp", "off"), spec["depth"]
-    set_fp32_math(bool(spec.get("tf32")))
+    amp, depth = spec["amp"], spec["depth"]
+    set_fp32_math(spec["tf32"])
     images, masks = load_inputs(spec["inputs"], device)
     tree = qt.encode(masks, DEPTH)
-    model = network.build(spec["seed"], spec.get("backend", "auto")).to(device)
+    model = network.build(spec["seed"], spec["backend"]).to(device)
     step = STEPS[spec["mode"]](network, model, depth, device, amp)
 
     cell = 1 << DEPTH
@@ -245,31 +209,26 @@ def run_configuration(spec: dict) -> dict:
 
     measured = harness.measure(lambda: step(images, masks, tree), spec["warmup"], spec["repeats"], device)
     with torch.no_grad():  # after the memory was read, not timed
-        macs, nodes_per_level = network.forward_cost(model, images, tree, depth, step.nodes_per_level)
+        macs, nodes_per_level = network.forward_cost(model, images, tree, depth)
 
-    record = {"model": spec["model"], "mode": spec["mode"], "height": int(images.shape[2]),
-              "width": int(images.shape[3]), "depth": depth, "mask": spec["mask"], "batch_size": 1,
-              "num_classes": NUM_CLASSES}
-    record.update({k: measured[k] for k in ("peak_memory_mb", "peak_rss_mb", "baseline_rss_mb", "peak_reset",
-                                            "ru_maxrss_mb", "median_ms", "times_ms", "median_cpu_ms")})
-    record.update({
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "macs": int(macs), "nodes_per_level": nodes_per_level,
-        "tree_source": network.tree_source, "params": sum(p.numel() for p in model.parameters()),
-        "device": str(device), "amp": amp, "tf32": bool(spec.get("tf32")), "backend": spec.get("backend", "auto"),
-        "threads": spec["threads"], "warmup": spec["warmup"], "repeats": spec["repeats"],
-        "load_avg_1min": measured["load_avg_1min"], "torch": torch.__version__,
-    })
-    record.update(spec.get("extra", {}))
-    return record
+    load_avg = measured.pop("load_avg_1min")
+    return {"model": spec["model"], "mode": spec["mode"], "height": int(images.shape[2]),
+            "width": int(images.shape[3]), "depth": depth, "mask": spec["mask"], "batch_size": 1,
+            "num_classes": NUM_CLASSES, **measured, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "macs": int(macs), "nodes_per_level": nodes_per_level, "tree_source": network.tree_source,
+            "params": sum(p.numel() for p in model.parameters()), "device": str(device), "amp": amp,
+            "tf32": spec["tf32"], "backend": spec["backend"], "threads": spec["threads"], "warmup": spec["warmup"],
+            "repeats": spec["repeats"], "load_avg_1min": load_avg, "torch": torch.__version__, **spec["extra"]}
 
 
 def make_spec(args: argparse.Namespace, model: str, mode: str, depth: int | None, mask: str, inputs: dict,
               extra: dict | None = None) -> dict:
-    """The spec of one configuration: the measurement options of `args` (`add_measurement_arguments`), the input
+    """The spec of one configuration: the measurement options of `args` (`parse_args`), the input
     file and tree summary of `inputs` (`inputs.save_inputs`), `extra` fields for the record."""
     big = inputs["height"] * inputs["width"] >= 1024 * 2048
     repeats = args.repeats if args.repeats is not None else (3 if (big and (mode == "train" or model != "qgn")) else 5)
     return {"model": model, "mode": mode, "depth": depth, "mask": mask, "inputs": inputs["inputs"],
+            "height": inputs["height"], "width": inputs["width"],
             "warmup": args.warmup, "repeats": repeats, "threads": args.threads, "device": args.device,
             "amp": args.amp, "tf32": args.tf32, "backend": args.backend, "seed": args.seed,
             "omp_wait_policy": args.omp_wait_policy,
@@ -277,17 +236,28 @@ def make_spec(args: argparse.Namespace, model: str, mode: str, depth: int | None
                                                 "tree_mixed_per_level")}, **(extra or {})}}
 
 
-def run_in_fresh_process(spec: dict, timeout: float) -> dict:
-    """`run_configuration(spec)` in a fresh process (`harness.run_isolated`); its record, or an error record."""
-    identity = {k: spec[k] for k in ("model", "mode", "depth", "mask")}
-    return harness.run_isolated(Path(__file__).resolve(), spec, identity, timeout, spec["threads"],
-                                spec.get("omp_wait_policy", ""))
+def run_all(specs: list[dict], timeout: float, argv: list[str]) -> list[dict]:
+    """`run_configuration` of each spec in a fresh process (`harness.run_isolated`): the records (or error
+    records), each with the command line `argv`; a progress line per record on stderr."""
+    records = []
+    for spec in specs:
+        identity = {k: spec[k] for k in ("model", "mode", "depth", "mask")}
+        record = harness.run_isolated(Path(__file__).resolve(), spec, identity, timeout, spec["threads"],
+                                      spec["omp_wait_policy"])
+        record.setdefault("height", spec["height"])
+        record.setdefault("width", spec["width"])
+        record["argv"] = argv
+        records.append(record)
+        print(harness.progress(record), file=sys.stderr, flush=True)
+    return records
 
 
-# ---- command-line options every cost benchmark shares ------------------------------------------------------------
+def parse_args(parser: argparse.ArgumentParser, argv: list[str], stem: str, quick_sizes: str,
+               quick_help: str) -> argparse.Namespace:
+    """Add the options every cost benchmark shares to `parser` (which has --sizes), parse `argv` and check them.
 
-
-def add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
+    --json/--markdown/--plot default to OUT/<stem>.json|md|png; --quick means `quick_sizes` and one timed run.
+    """
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per configuration (default 5; 3 for dense/Unet/train at >= 1024x2048)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
@@ -300,20 +270,31 @@ def add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
                         help="QGN's sparse conv backend (default auto: the device's measured default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--omp-wait-policy", default="", choices=("PASSIVE", "ACTIVE", ""),
-                        help="OMP_WAIT_POLICY of the workers (default: the environment's, else the library's "
-                             "PASSIVE)")
+                        help="OMP_WAIT_POLICY of the workers (default: the environment's, else the library's PASSIVE)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
-
-
-def check_measurement_args(args: argparse.Namespace) -> None:
-    """Refuse what cannot run (SystemExit with what to do instead); call before measuring."""
+    outputs = (("json", "json"), ("markdown", "md"), ("plot", "png"))
+    for name, suffix in outputs:
+        parser.add_argument(f"--{name}", help=f"output file (default OUT/{stem}.{suffix})")
+    parser.add_argument("--out", default="runs/bench", metavar="OUT",
+                        help="folder of the outputs (default runs/bench; the committed figures README shows are in "
+                             "benchmarks/results and change only when you pass --out benchmarks/results)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: rewrite the markdown and plot from the existing --json records")
+    args = parser.parse_args(argv)
+    for name, suffix in outputs:
+        if getattr(args, name) is None:
+            setattr(args, name, str(Path(args.out) / f"{stem}.{suffix}"))
+    if args.quick:
+        if "--sizes" not in argv:
+            args.sizes = quick_sizes
+        args.repeats = 1 if args.repeats is None else args.repeats
+    args.sizes = harness.parse_sizes(args.sizes, 1 << DEPTH)
     if args.amp == "fp16" and args.device != "cuda":
         raise SystemExit("--amp fp16 needs --device cuda (CPUs have no fast float16 matmul); use --amp bf16 on CPU")
-
-
-def check_device(args: argparse.Namespace) -> None:
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not args.render_only and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
+    return args
 
 
 if __name__ == "__main__":

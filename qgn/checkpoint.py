@@ -20,17 +20,14 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save written atomically (`quadtree.io.atomic_write`): a crash never leaves a partial checkpoint."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """torch.save of `state` with the format and version, written atomically (`quadtree.io.atomic_write`): a crash
+    never leaves a partial checkpoint."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": CHECKPOINT_VERSION, **state}, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by `qgn train` onto the CPU (whatever device wrote it).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable qgn checkpoint, or another format version.
-    """
+    """Read a checkpoint written by `qgn train` onto the CPU (whatever device wrote it). FileNotFoundError: no such
+    file; ValueError: not a readable qgn checkpoint, or another format version."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")

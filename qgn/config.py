@@ -81,10 +81,8 @@ class QGNConfig:
         return self.encoder != "resnet" and self.pretrained
 
     def as_dict(self) -> dict:
-        out = asdict(self)
-        out["encoder_channels"] = list(self.encoder_channels)
-        out["decoder_channels"] = list(self.decoder_channels)
-        return out
+        return {**asdict(self), "encoder_channels": list(self.encoder_channels),
+                "decoder_channels": list(self.decoder_channels)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "QGNConfig":

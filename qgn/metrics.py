@@ -112,10 +112,8 @@ def summarize(cm: torch.Tensor, class_names=None) -> dict:
 
 
 def all_reduce_confusion(cm: torch.Tensor) -> torch.Tensor:
-    """Sum a confusion matrix over all DDP ranks in place (no-op without an initialised process group).
-
-    With the NCCL backend the tensor must be on this rank's GPU. Returns `cm`.
-    """
+    """Sum a confusion matrix over all DDP ranks in place (no-op without an initialised process group); with the
+    NCCL backend the tensor must be on this rank's GPU. Returns `cm`."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(cm, op=dist.ReduceOp.SUM)
     return cm

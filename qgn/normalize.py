@@ -13,6 +13,7 @@ Modes (`NormalizeConfig.mode`):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +28,7 @@ GRAY_STD = (0.226,)
 
 @dataclass
 class NormalizeConfig:
-    mode: str = "fixed"  # "fixed": (x / dtype_max - mean) / std; "percentile": per-image, per-channel
-    #                      (x - p_low) / (p_high - p_low) (microscopy); "none": x / dtype_max; "auto": resolved
-    #                      from the training images when training starts (see the module docstring)
+    mode: str = "fixed"  # "fixed", "percentile", "none" or "auto" (see the module docstring)
     mean: tuple[float, ...] | None = None  # "fixed": per-channel mean (or one value for all channels);
     #                                        None = ImageNet for 3 channels, 0.449 otherwise
     std: tuple[float, ...] | None = None  # "fixed": per-channel std; None = ImageNet for 3 channels, 0.226 otherwise
@@ -77,12 +76,9 @@ def _channel_stats(values: tuple[float, ...] | None, default3, default1, channel
 
 
 def _normalize_fixed(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    channels = image.shape[0]
-    mean = _channel_stats(cfg.mean, IMAGENET_MEAN, GRAY_MEAN, channels, "mean")
-    std = _channel_stats(cfg.std, IMAGENET_STD, GRAY_STD, channels, "std")
-    out = image.astype(np.float32) * np.float32(1 / intensity_scale(image.dtype))
-    out -= mean
-    out /= std
+    out = _normalize_none(image, cfg)
+    out -= _channel_stats(cfg.mean, IMAGENET_MEAN, GRAY_MEAN, image.shape[0], "mean")
+    out /= _channel_stats(cfg.std, IMAGENET_STD, GRAY_STD, image.shape[0], "std")
     return out
 
 
@@ -106,21 +102,14 @@ NORMALIZERS = {"fixed": _normalize_fixed, "percentile": _normalize_percentile, "
 
 
 def normalize_image(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    """Normalise a raw image.
-
-    Args:
-        image: (C, H, W) array of any integer/float dtype (uint8 or uint16 from image files).
-        cfg: the NormalizeConfig.
-    Returns:
-        float32 (C, H, W), C-contiguous.
-    """
+    """A raw image (C, H, W) of any integer/float dtype (uint8 or uint16 from image files) normalised as `cfg`
+    says: float32 (C, H, W), C-contiguous."""
     if image.ndim != 3:
         raise ValueError(f"normalize_image expects a (C, H, W) array, got shape {image.shape}")
     if cfg.mode == "auto":
         raise ValueError("normalisation 'auto' is resolved from the training images when training starts "
                          "(resolve_auto); use the NormalizeConfig stored in the checkpoint (qgn.load_predictor)")
     return np.ascontiguousarray(NORMALIZERS[cfg.mode](image, cfg), dtype=np.float32)
-
 
 
 def check_float_range(image: np.ndarray, cfg: NormalizeConfig, name: str = "image") -> None:
@@ -136,15 +125,11 @@ def check_float_range(image: np.ndarray, cfg: NormalizeConfig, name: str = "imag
 
 def dataset_statistics(raw_images, max_images: int = 64) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of x / intensity_scale(x.dtype) over raw (C, H, W) images (the first `max_images`)."""
-    total = total_sq = None
+    total = total_sq = 0.0
     count = 0
-    for i, image in enumerate(raw_images):
-        if i >= max_images:
-            break
+    for image in itertools.islice(raw_images, max_images):
         x = image.astype(np.float64).reshape(image.shape[0], -1) / intensity_scale(image.dtype)
-        total = x.sum(1) if total is None else total + x.sum(1)
-        total_sq = (x ** 2).sum(1) if total_sq is None else total_sq + (x ** 2).sum(1)
-        count += x.shape[1]
+        total, total_sq, count = total + x.sum(1), total_sq + (x ** 2).sum(1), count + x.shape[1]
     if not count:
         raise ValueError("no images to compute normalisation statistics from")
     mean = total / count
@@ -171,7 +156,6 @@ def match_channels(image: np.ndarray, in_channels: int, name) -> np.ndarray:
         return image
     if channels == 1:
         return np.repeat(image, in_channels, axis=0)
-    raise ValueError(
-        f"image {name} has {channels} channels but the model expects in_channels={in_channels}; set in_channels="
-        f"{channels} (grayscale images are replicated automatically; colour images are never averaged silently)"
-    )
+    raise ValueError(f"image {name} has {channels} channels but the model expects in_channels={in_channels}; set "
+                     f"in_channels={channels} (grayscale images are replicated automatically; colour images are "
+                     f"never averaged silently)")

@@ -28,15 +28,9 @@ from qgn.predict import Prediction
 
 @dataclass(eq=False)
 class Predictor:
-    """A trained network with the normalisation it was trained with.
-
-    Attributes:
-        model: the QGN (or dense twin) in eval mode.
-        normalize: the NormalizeConfig of its training data.
-        device: where it runs.
-        amp: precision of its predictions ("off", "fp16" on CUDA, "bf16"; see qgn.precision).
-        config: the run's config as stored in the checkpoint (sections model, data, loss, train).
-    """
+    """A trained network (QGN or dense twin, in eval mode, on `device`) with the normalisation of its training data;
+    `amp`: precision of its predictions ("off", "fp16" on CUDA, "bf16"; see qgn.precision); `config`: the run's
+    config as stored in the checkpoint (sections model, data, loss, train)."""
 
     model: QGN
     normalize: NormalizeConfig
@@ -65,12 +59,8 @@ class Predictor:
     @torch.no_grad()
     def predict(self, image, max_depth: int | None = None, threshold: float | None = None,
                 budget: int | None = None):
-        """Labels of raw image(s) at a chosen cost (`qgn.predict.predict`); a list of images gives a list.
-
-        Returns:
-            a `Prediction` (labels int64 (B, H, W), the predicted tree, nodes computed per level), or a list of
-            them for a list of images.
-        """
+        """Labels of raw image(s) at a chosen cost (`qgn.predict.predict`): a `Prediction` (labels int64 (B, H, W),
+        the predicted tree, nodes computed per level), or a list of them for a list of images."""
         if isinstance(image, (list, tuple)):
             return [self.predict(one, max_depth, threshold, budget) for one in image]
         return self.predict_prepared(self.prepare(image), max_depth, threshold, budget)
@@ -81,7 +71,6 @@ class Predictor:
         """`predict` of images already through `prepare` (float32 (B, C, H, W) on the device)."""
         with autocast(self.amp, self.device):
             return self.model.predict(images, max_depth=max_depth, threshold=threshold, budget=budget)
-
 
     @torch.no_grad()
     def measure(self, image, max_depth: int | None = None, threshold: float | None = None,

@@ -51,17 +51,10 @@ def display_image(image: torch.Tensor) -> np.ndarray:
 
 def quadtree_overlay(image_rgb: np.ndarray, tree: qt.Quadtree, labels=None, alpha: float = 0.45,
                      border_alpha: float = 0.5, min_outlined: int = 4) -> np.ndarray:
-    """The image (H, W, 3) uint8 tinted by the label colours, with the borders of the leaf cells drawn faintly.
-
-    Args:
-        tree: a single-image Quadtree (batch 1) of the image's size.
-        labels: optional (H, W) labels to tint with; default the tree's own decoded labels.
-        border_alpha: opacity of the white cell borders.
-        min_outlined: leaves smaller than this many pixels per side are not outlined (at full depth the 1- and
-            2-pixel leaves along every boundary would otherwise paint the boundaries white).
-    Returns:
-        uint8 (H, W, 3).
-    """
+    """uint8 (H, W, 3): the image (H, W, 3) uint8 tinted by the colours of `labels` (H, W; default: the tree's
+    own), with the borders of the leaf cells of `tree` (one image of the image's size) drawn in white at opacity
+    `border_alpha`. Leaves smaller than `min_outlined` pixels per side are not outlined (at full depth the 1- and
+    2-pixel leaves along every boundary would otherwise paint the boundaries white)."""
     height, width = image_rgb.shape[:2]
     if tree.batch_size != 1 or tree.image_size != (height, width):
         raise ValueError(f"the overlay needs a one-image tree of size {(height, width)}, got batch "

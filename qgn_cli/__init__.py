@@ -1,14 +1,6 @@
-"""The `qgn` command line: one subcommand per job (`qgn --help` lists them), each module one concern.
-
-    trees.py      encode, decode, stats: masks <-> quadtree files, node statistics
-    train.py      train
-    inference.py  eval, infer: a checkpoint's accuracy and cost, its predictions for images
-    demo.py       demo: train, evaluate and report on synthetic scenes
-    bench.py      bench: benchmarks/bench_qgn.py
-    arguments.py  what several commands share (output folders, precision flags)
-
-Also runnable as `python -m qgn_cli ...` (e.g. under torchrun).
-"""
+"""The `qgn` command line: one subcommand per job (`qgn --help` lists them), one module per concern: trees.py
+(encode, decode, stats), train.py (train, demo), inference.py (eval, infer), bench.py, and arguments.py (what
+several commands share). Also runnable as `python -m qgn_cli ...` (e.g. under torchrun)."""
 
 from __future__ import annotations
 
@@ -18,7 +10,7 @@ import argparse
 import os
 import sys
 
-from qgn_cli import bench, demo, inference, train, trees
+from qgn_cli import bench, inference, train, trees
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgn", description="Quadtree generating networks for segmentation.")
     parser.add_argument("--version", action="version", version=f"qgn {release}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (trees, train, inference, demo, bench):
+    for module in (trees, train, inference, bench):
         module.add_commands(commands)
     return parser
 

@@ -1,4 +1,4 @@
-"""What several commands share: checks of their output folders, and the precision flags."""
+"""What several commands share: output folders, and the precision flags."""
 
 from __future__ import annotations
 
@@ -6,23 +6,20 @@ import argparse
 from pathlib import Path
 
 
-def output_dir(out: str) -> Path:
-    """`out` as a directory to write into (created); ValueError when it is an existing file."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {out} is an existing file; name a directory to write the results into")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def unique_stems(paths: list[Path], out: Path) -> None:
-    """ValueError when two inputs share a file stem: their outputs in `out` would overwrite each other."""
+def output_dir(out: str, inputs: list[Path]) -> Path:
+    """`out` as a directory to write into (created). ValueError when it is an existing file, or when two `inputs`
+    share a file stem (their outputs in `out` would overwrite each other)."""
     seen: dict[str, Path] = {}
-    for path in paths:
+    for path in inputs:
         if path.stem in seen:
             raise ValueError(f"{seen[path.stem]} and {path} share the name {path.stem!r}, so their outputs in {out} "
                              f"would overwrite each other; rename one, or run them with different --out folders")
         seen[path.stem] = path
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out} is an existing file; name a directory to write the results into")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def add_precision_flags(parser: argparse.ArgumentParser, default) -> None:
@@ -34,3 +31,4 @@ def add_precision_flags(parser: argparse.ArgumentParser, default) -> None:
                                                                                       is None else ""))
     parser.add_argument("--tf32", action="store_true", default=None if default is None else False,
                         help="let float32 convs and matmuls use TF32 on Ampere+ GPUs (otherwise IEEE float32)")
+

@@ -6,20 +6,24 @@ import argparse
 import json
 from pathlib import Path
 
-from qgn_cli.arguments import add_precision_flags, output_dir, unique_stems
+from qgn_cli.arguments import add_precision_flags, output_dir
+
+
+def load_predictor_of(args: argparse.Namespace):
+    from qgn.predictor import load_predictor
+    from training.trainer import resolve_device
+
+    return load_predictor(args.checkpoint, resolve_device(args.device), args.amp)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
     from qgn.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
-    from qgn.predictor import load_predictor
     from training.config import RunConfig
     from training.datasets import dataset_for
-    from training.trainer import resolve_device
 
-    device = resolve_device(args.device)
-    predictor = load_predictor(args.checkpoint, device, args.amp)
+    predictor = load_predictor_of(args)
     model = predictor.model
     config = RunConfig.from_dict(predictor.config)  # its data section holds the normalisation training resolved
     spec = args.data or config.data.val_dataset or config.data.dataset
@@ -30,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.max_depth is not None and not 0 <= args.max_depth <= model.config.depth:
         raise ValueError(f"--max-depth must be in 0..{model.config.depth} (the model's depth), got {args.max_depth}")
     settings = sweep_settings(model.config.depth, args.max_depth, thresholds=args.sweep)
-    records = evaluate_settings(model, torch.utils.data.Subset(dataset, range(count)), settings, device,
+    records = evaluate_settings(model, torch.utils.data.Subset(dataset, range(count)), settings, predictor.device,
                                 getattr(dataset, "class_names", None), progress=True, amp=args.amp)
     print(format_table(records))
     if args.json:
@@ -45,22 +49,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_infer(args: argparse.Namespace) -> None:
     import quadtree as qt
     from qgn.cost import padded_shape, prediction_macs, stopwatch
-    from qgn.predictor import load_predictor
     from qgn.visualize import save_label_png, save_overlay
     from training.datasets import read_image
-    from training.trainer import resolve_device
 
     paths = [Path(p) for p in args.images]
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"no image at {path}")
-    unique_stems(paths, Path(args.out))
-    predictor = load_predictor(args.checkpoint, resolve_device(args.device), args.amp)
-    out = output_dir(args.out)
+    predictor = load_predictor_of(args)
+    out = output_dir(args.out, paths)
     knobs = dict(max_depth=args.max_depth, threshold=args.threshold, budget=args.budget)
     for index, path in enumerate(paths):
-        raw = read_image(path).transpose(1, 2, 0)  # (H, W, C) as stored
-        image = predictor.prepare(raw)
+        image = predictor.prepare(read_image(path).transpose(1, 2, 0))  # read as (C, H, W), given as stored (H, W, C)
         if index == 0:
             predictor.predict_prepared(image, **knobs)  # warm-up: one-time start-up is not this image's cost
         with stopwatch(predictor.device) as clock:
@@ -81,28 +81,27 @@ def add_commands(commands) -> None:
     formatter = argparse.ArgumentDefaultsHelpFormatter
     evaluate = commands.add_parser("eval", help="accuracy and cost of a checkpoint at every depth (or one)",
                                    formatter_class=formatter)
-    evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help="a last.pt or best.pt of qgn train")
+    infer = commands.add_parser("infer", help="label maps, predicted quadtrees and overlays for images",
+                                formatter_class=formatter)
+    infer.add_argument("images", nargs="+", metavar="IMAGE")
+    for parser in (evaluate, infer):
+        parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="a last.pt or best.pt of qgn train")
+        parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+        add_precision_flags(parser, default="off")
+
     evaluate.add_argument("--data", help="data spec (default: the run's validation data)")
     evaluate.add_argument("--split", default="val", choices=list(SPLITS), help="split of the data")
     which = evaluate.add_mutually_exclusive_group()
     which.add_argument("--max-depth", type=int, help="evaluate this depth only (default: every depth 0..D)")
     which.add_argument("--sweep", action="store_true", help="every depth plus MIXED thresholds 0.1..0.9")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only (default: all)")
-    evaluate.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    add_precision_flags(evaluate, default="off")
     evaluate.add_argument("--json", metavar="OUT", help="write records here (and a PNG plot beside it)")
     evaluate.set_defaults(run=cmd_eval)
 
-    infer = commands.add_parser("infer", help="label maps, predicted quadtrees and overlays for images",
-                                formatter_class=formatter)
-    infer.add_argument("images", nargs="+", metavar="IMAGE")
-    infer.add_argument("--checkpoint", required=True, metavar="CKPT", help="a last.pt or best.pt of qgn train")
     infer.add_argument("--max-depth", type=int, help="deepest quadtree level to compute (default: full)")
     infer.add_argument("--threshold", type=float, help="expand a node when P(MIXED) >= this, 0..1 (default: when "
                                                         "MIXED is the most probable class)")
     infer.add_argument("--budget", type=int, help="at most this many expanded nodes per level (default: no limit)")
-    infer.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    add_precision_flags(infer, default="off")
     infer.add_argument("--out", required=True, metavar="DIR", help="folder for <name>_labels.png, _tree.npz, "
                                                                    "_overlay.png")
     infer.set_defaults(run=cmd_infer)

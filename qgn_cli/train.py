@@ -1,4 +1,5 @@
-"""`qgn train`: a run config from defaults, a YAML file and flags, then `training.trainer.train`."""
+"""`qgn train` (a run config from defaults, a YAML file and flags, then `training.trainer.train`) and `qgn demo`
+(`training.demo`: train a QGN and its dense twin on synthetic scenes, evaluate them, write a report)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ def run_config_from_args(args: argparse.Namespace):
     if config_file is not None:
         RunConfig.load(config_file)  # validates the file; the merge below uses what it says, not the defaults
         values = move_data_fields(yaml.safe_load(config_file.read_text()) or {})
-    model, data = values.setdefault("model", {}) or {}, values.setdefault("data", {}) or {}
-    train, loss = values.setdefault("train", {}) or {}, values.setdefault("loss", {}) or {}
+    model, data, train, loss = (values.get(section) or {} for section in ("model", "data", "train", "loss"))
     values.update(model=model, data=data, train=train, loss=loss)
     flags = {
         ("data", "dataset"): args.data, ("data", "val_dataset"): args.val_data,
@@ -39,14 +39,13 @@ def run_config_from_args(args: argparse.Namespace):
         ("train", "schedule"): args.schedule, ("train", "checkpoint_every"): args.checkpoint_every,
         ("train", "amp"): args.amp, ("train", "tf32"): args.tf32, ("train", "deterministic"): args.deterministic,
         ("loss", "level_scale"): args.level_scale, ("train", "test"): False if args.no_test else None,
+        ("train", "progress"): False if args.no_progress else None,
     }
     for (section, key), value in flags.items():
         if value is not None:
             values[section][key] = value
     if args.label_map is not None:
         data["label_map"] = parse_label_map(args.label_map)
-    if args.no_progress:
-        train["progress"] = False
     if args.depth is not None:
         model["depth"] = args.depth
         defaults = QGNConfig.for_depth(args.depth, num_classes=1)
@@ -68,13 +67,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from training.trainer import TrainingInterrupted, train
 
     config = run_config_from_args(args)
+    main_process = int(os.environ.get("RANK", "0")) == 0
     try:
         result = train(config, args.out, resume=args.resume)
     except TrainingInterrupted as stop:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main_process:
             print(interrupted_line(stop, f"qgn train --out {args.out} --resume"), file=sys.stderr)
         raise SystemExit(130) from None
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_process:
         steps = f"{result['step']} step" + ("s" if result["step"] != 1 else "")
         print(f"done: {args.out}/last.pt, best.pt, log.jsonl ({steps}, {result['seconds']:.1f} s of training); "
               f"{format_result(result)}")
@@ -98,6 +98,18 @@ def interrupted_line(stop, resume_command: str) -> str:
     if stop.checkpoint is None:
         return f"interrupted at step {stop.step}; nothing saved (stopped mid-step); the last checkpoint stands"
     return f"interrupted: saved {stop.checkpoint} at step {stop.step}; continue with: {resume_command}"
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from training.demo import DemoConfig, run_demo
+    from training.trainer import TrainingInterrupted
+
+    try:
+        report = run_demo(args.out, DemoConfig(steps=args.steps))
+    except TrainingInterrupted as stop:
+        print(interrupted_line(stop, f"qgn demo --out {args.out}"), file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"report: {report.resolve()}")
 
 
 def add_commands(commands) -> None:
@@ -148,3 +160,9 @@ def add_commands(commands) -> None:
     add("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly where it stopped")
     add("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=cmd_train)
+
+    demo = commands.add_parser("demo", help="train on synthetic scenes, evaluate every depth, write a report",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="folder of the runs and report.md")
+    demo.add_argument("--steps", type=int, default=250, help="training steps per model")
+    demo.set_defaults(run=cmd_demo)

@@ -7,17 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import quadtree as qt
 from quadtree.mask_io import MASK_SUFFIXES
-from qgn_cli.arguments import output_dir, unique_stems
+from qgn_cli.arguments import output_dir
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
     paths = [Path(p) for p in args.masks]
-    unique_stems(paths, Path(args.out))
-    out = output_dir(args.out)
+    out = output_dir(args.out, paths)
     for path in paths:
         tree = qt.encode(qt.read_mask(path), args.depth, args.ignore_index)
         written = qt.save(tree, out / (path.stem + ".npz"))
@@ -27,17 +24,13 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     paths = [Path(p) for p in args.trees]
-    unique_stems(paths, Path(args.out))
-    out = output_dir(args.out)
+    out = output_dir(args.out, paths)
     for path in paths:
         mask = qt.decode(qt.load(path)).numpy()  # (B, H, W)
-        suffix = "." + args.format
-        if len(mask) == 1:  # one image: one (H, W) mask file
-            written = [qt.write_mask(out / (path.stem + suffix), mask[0])]
-        elif suffix == ".png":  # a PNG holds one mask: one file per image
+        if len(mask) > 1 and args.format == "png":  # a PNG holds one mask: one file per image
             written = [qt.write_mask(out / f"{path.stem}_{b}.png", m) for b, m in enumerate(mask)]
-        else:
-            written = [qt.write_mask(out / (path.stem + suffix), mask)]
+        else:  # one image: one (H, W) mask file; a batch: one (B, H, W) file
+            written = [qt.write_mask(out / f"{path.stem}.{args.format}", mask[0] if len(mask) == 1 else mask)]
         print(f"{path} -> {', '.join(map(str, written))}")
 
 
@@ -56,14 +49,8 @@ def cmd_stats(args: argparse.Namespace) -> None:
             print(qt.format_stats(stats, title=str(path)))
             print()
     if args.json:
-        json.dump(records, sys.stdout, indent=2, default=_json_default)
+        json.dump(records, sys.stdout, indent=2, default=int)  # numpy integers
         print()
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def add_commands(commands) -> None:

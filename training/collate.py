@@ -49,8 +49,5 @@ class QuadtreeCollate:
 
 
 def collate_quadtree(depth: int, ignore_index: int = 255, pad_to_multiple: bool = True) -> QuadtreeCollate:
-    """A DataLoader collate_fn returning (images (B, C, H, W) float32, masks (B, H, W) int64, Quadtree).
-
-    See QuadtreeCollate for padding; the tree equals quadtree.encode(masks, depth, ignore_index).
-    """
+    """`QuadtreeCollate(depth, ignore_index, pad_to_multiple)`."""
     return QuadtreeCollate(depth, ignore_index, pad_to_multiple)

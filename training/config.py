@@ -1,9 +1,6 @@
 """`RunConfig`: everything a training run needs, one dataclass per component, stored as RUN_DIR/config.yaml.
-
-Each fact has one home: classes, depth, image channels and the ignore label are the model's (`QGNConfig`, what a
-checkpoint needs to rebuild the network); the data pipeline takes them from there. Files written before, with a
-second copy of them in the data section, still load (`move_data_fields`).
-"""
+Classes, depth, image channels and the ignore label live in the model section only (`QGNConfig`); files that
+also kept them in the data section still load (`move_data_fields`)."""
 
 from __future__ import annotations
 

@@ -61,8 +61,6 @@ SUNRGBD_CLASSES = (
 
 
 # ---- file reading --------------------------------------------------------------------------------------------
-
-
 def read_image(path: Path) -> np.ndarray:
     """Read an image file as a raw (C, H, W) array of its stored dtype (uint8, uint16, int32 or float32).
 
@@ -95,15 +93,8 @@ def _read_pixels(path: Path) -> np.ndarray:
             array = np.moveaxis(array, 0, -1)
     else:
         with Image.open(path) as img:
-            mode = img.mode
-            if mode in ("RGBA", "LA", "PA"):
-                img = img.convert("RGB" if mode != "LA" else "L")
-            elif mode == "P":
-                img = img.convert("RGB")
-            elif mode == "1":
-                img = img.convert("L")
-            elif mode not in ("L", "RGB", "I", "I;16", "I;16B", "I;16L", "F"):
-                img = img.convert("RGB")
+            if img.mode not in ("L", "RGB", "I", "I;16", "I;16B", "I;16L", "F"):  # alpha dropped; palette, CMYK, ...
+                img = img.convert("L" if img.mode in ("LA", "1") else "RGB")
             array = np.asarray(img)
     return array
 
@@ -124,23 +115,14 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 # ---- label mapping -------------------------------------------------------------------------------------------
-
-
-def identity_lut(num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """int16 (256,): raw value v -> v for v < num_classes, 255 -> ignore_index, anything else -> -1 (invalid)."""
+def class_lut(num_classes: int, ignore_index: int = 255, shifted: bool = False) -> np.ndarray:
+    """int16 (256,): raw value v -> v for v < num_classes (`shifted`, as ADE20K and SUN-RGBD: 0 -> ignore and
+    v -> v - 1 for 1 <= v <= num_classes), 255 -> ignore_index, anything else -> -1 (invalid)."""
     lut = np.full(256, -1, dtype=np.int16)
-    lut[:num_classes] = np.arange(num_classes)
+    lut[int(shifted):num_classes + int(shifted)] = np.arange(num_classes)
     lut[255] = ignore_index
-    return lut
-
-
-def shifted_lut(num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """int16 (256,): 0 -> ignore, k -> k - 1 for 1 <= k <= num_classes, 255 -> ignore, others -> -1 (ADE20K,
-    SUN-RGBD)."""
-    lut = np.full(256, -1, dtype=np.int16)
-    lut[0] = ignore_index
-    lut[1:num_classes + 1] = np.arange(num_classes)
-    lut[255] = ignore_index
+    if shifted:
+        lut[0] = ignore_index
     return lut
 
 
@@ -153,36 +135,22 @@ def cityscapes_lut(ignore_index: int = 255) -> np.ndarray:
 
 
 # ---- file-backed data set ------------------------------------------------------------------------------------
-
-
 class LabelledImages(torch.utils.data.Dataset):
-    """Pairs of image and mask files with a raw-label -> class lookup table.
+    """(image path, mask path) pairs with a lookup table `lut`: int16 (256,) raw mask value -> class 0..num_classes-1,
+    ignore_index, or -1 for values that are errors. `normalize` None = NormalizeConfig(); `transform`: optional
+    (image, mask) -> (image, mask); `name` names the data set in messages.
 
-    Args:
-        pairs: (image path, mask path) per sample.
-        num_classes: classes 0..num_classes-1.
-        lut: int16 (256,) raw mask value -> class, ignore_index, or -1 for values that are errors.
-        normalize: intensity normalisation (None = NormalizeConfig()).
-        in_channels: channels of the returned images (grayscale files are replicated).
-        transform: optional callable (image, mask) -> (image, mask).
-        class_names: optional names of the classes.
-        name: data set name used in messages.
-    Items:
-        (image float32 (in_channels, H, W), mask int64 (H, W)).
+    Items: (image float32 (in_channels, H, W), mask int64 (H, W)); grayscale files are replicated.
     """
 
     def __init__(self, pairs: list[tuple[Path, Path]], num_classes: int, lut: np.ndarray, *,
                  normalize: NormalizeConfig | None = None, in_channels: int = 3, transform=None,
                  ignore_index: int = 255, class_names: tuple[str, ...] | None = None, name: str = "folder"):
         self.pairs = [(Path(i), Path(m)) for i, m in pairs]
-        self.num_classes = num_classes
-        self.lut = np.asarray(lut, dtype=np.int16)
+        self.num_classes, self.lut = num_classes, np.asarray(lut, dtype=np.int16)
         self.normalize = normalize if normalize is not None else NormalizeConfig()
-        self.in_channels = in_channels
-        self.transform = transform
-        self.ignore_index = ignore_index
-        self.class_names = class_names
-        self.name = name
+        self.in_channels, self.transform, self.ignore_index = in_channels, transform, ignore_index
+        self.class_names, self.name = class_names, name
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -199,11 +167,9 @@ class LabelledImages(torch.utils.data.Dataset):
         if (mapped < 0).any():
             counts = np.bincount(raw.reshape(-1), minlength=256)
             bad = [int(v) for v in np.flatnonzero(counts) if self.lut[v] < 0]
-            raise ValueError(
-                f"mask {path} holds label values {bad[:20]} that are not classes of this {self.name} data set "
-                f"(valid: classes 0..{self.num_classes - 1} after mapping, 255 = ignore); check num_classes="
-                f"{self.num_classes} or remap the mask"
-            )
+            raise ValueError(f"mask {path} holds label values {bad[:20]} that are not classes of this {self.name} data "
+                             f"set (valid: classes 0..{self.num_classes - 1} after mapping, 255 = ignore); check "
+                             f"num_classes={self.num_classes} or remap the mask")
         return mapped.astype(np.int64)
 
     def raw_image(self, index: int) -> np.ndarray:
@@ -215,30 +181,26 @@ class LabelledImages(torch.utils.data.Dataset):
         """Normalised image float32 (in_channels, H, W) of sample `index`."""
         return normalize_image(self.raw_image(index), self.normalize)
 
+    def _check_size(self, index: int, size: tuple[int, int], mask: np.ndarray) -> None:
+        if tuple(size) != mask.shape:
+            image_path, mask_path = self.pairs[index]
+            raise ValueError(f"image {image_path} is {size[0]}x{size[1]} but its mask {mask_path} is "
+                             f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         mask = self.load_mask(index)
         image = self.load_image(index)
-        if image.shape[1:] != mask.shape:
-            image_path, mask_path = self.pairs[index]
-            raise ValueError(f"image {image_path} is {image.shape[1]}x{image.shape[2]} but its mask {mask_path} is "
-                             f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size")
+        self._check_size(index, image.shape[1:], mask)
         image, mask = torch.from_numpy(image), torch.from_numpy(mask)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image, mask
 
     def check_sample(self, index: int) -> np.ndarray:
-        """Validate sample `index` without decoding the image: mask values, image size and channel count.
-
-        Returns:
-            int64 (num_classes + 1,) pixel count per class, the last entry counting ignore pixels.
-        """
+        """Validate sample `index` (mask values, image size) without decoding the image. Returns int64
+        (num_classes + 1,): pixels per class, the last entry counting ignore pixels."""
         mask = self.load_mask(index)
-        image_path, mask_path = self.pairs[index]
-        size = image_size(image_path)
-        if size != mask.shape:
-            raise ValueError(f"image {image_path} is {size[0]}x{size[1]} but its mask {mask_path} is "
-                             f"{mask.shape[0]}x{mask.shape[1]}; they must have the same size")
+        self._check_size(index, image_size(self.pairs[index][0]), mask)
         valid = mask[mask != self.ignore_index]
         counts = np.bincount(valid.reshape(-1), minlength=self.num_classes)
         return np.append(counts, mask.size - valid.size)
@@ -248,8 +210,6 @@ class LabelledImages(torch.utils.data.Dataset):
 
 
 # ---- layouts -------------------------------------------------------------------------------------------------
-
-
 def _list_files(folder: Path, suffixes) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
@@ -260,24 +220,24 @@ def _names(paths, limit: int = 8) -> str:
     return shown + (f" (and {len(paths) - limit} more)" if len(paths) > limit else "")
 
 
-def _pair_by_stem(images: list[Path], masks: list[Path], layout: str) -> list[tuple[Path, Path]]:
-    """Match images and masks by file stem; unmatched files on either side raise ValueError."""
-    by_stem: dict[str, Path] = {}
-    duplicates = []
+def _pair(images: list[Path], masks: list[Path], layout: str, image_key=lambda p: p.stem, mask_key=lambda p: p.stem,
+          mask_kind: str = "a mask") -> list[tuple[Path, Path]]:
+    """Match images and masks by key (the file stem); duplicate or unmatched files raise ValueError."""
+    by_key, duplicates = {}, []
     for path in images:
-        if path.stem in by_stem:
+        if image_key(path) in by_key:
             duplicates.append(path)
-        by_stem[path.stem] = path
+        by_key[image_key(path)] = path
     if duplicates:
         raise ValueError(f"several images share a name: {_names(duplicates)}; expected layout: {layout}")
-    mask_by_stem = {p.stem: p for p in masks}
-    missing = [p for stem, p in by_stem.items() if stem not in mask_by_stem]
-    orphans = [p for stem, p in mask_by_stem.items() if stem not in by_stem]
+    mask_by_key = {mask_key(p): p for p in masks}
+    missing = [p for key, p in by_key.items() if key not in mask_by_key]
+    orphans = [p for key, p in mask_by_key.items() if key not in by_key]
     if missing:
-        raise ValueError(f"{len(missing)} image(s) without a mask: {_names(missing)}; expected layout: {layout}")
+        raise ValueError(f"{len(missing)} image(s) without {mask_kind}: {_names(missing)}; expected layout: {layout}")
     if orphans:
         raise ValueError(f"{len(orphans)} mask(s) without an image: {_names(orphans)}; expected layout: {layout}")
-    return [(by_stem[stem], mask_by_stem[stem]) for stem in sorted(by_stem)]
+    return [(by_key[key], mask_by_key[key]) for key in sorted(by_key)]
 
 
 def _require_dir(path: Path, layout: str) -> None:
@@ -322,13 +282,7 @@ def folder_pairs(root: Path, split: str, val_fraction: float = 0.1) -> tuple[lis
 
 def _folder_files(root: Path) -> list[tuple[Path, Path]]:
     layout = f"{root}/images/<name>.<png|jpg|tif> with {root}/masks/<name>.png (or {root}/<split>/images, masks)"
-    _require_dir(root / "images", layout)
-    _require_dir(root / "masks", layout)
-    images = _list_files(root / "images", IMAGE_SUFFIXES)
-    masks = _list_files(root / "masks", (".png",))
-    if not images and not masks:
-        raise ValueError(f"data folder {root} is empty: no images in {root / 'images'}; expected layout: {layout}")
-    return _pair_by_stem(images, masks, layout)
+    return _paired_folder_files(root / "images", root / "masks", layout, f"data folder {root}")
 
 
 def cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -342,17 +296,8 @@ def cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     masks = sorted((root / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
     if not images:
         raise ValueError(f"no Cityscapes images found in {root / 'leftImg8bit' / split}; expected layout: {layout}")
-    image_keys = {(p.parent.name, p.name[: -len("_leftImg8bit.png")]): p for p in images}
-    mask_keys = {(p.parent.name, p.name[: -len("_gtFine_labelIds.png")]): p for p in masks}
-    missing = [p for key, p in image_keys.items() if key not in mask_keys]
-    orphans = [p for key, p in mask_keys.items() if key not in image_keys]
-    if missing:
-        raise ValueError(f"{len(missing)} Cityscapes image(s) without a *_gtFine_labelIds.png mask: "
-                         f"{_names(missing)}; expected layout: {layout}")
-    if orphans:
-        raise ValueError(f"{len(orphans)} Cityscapes mask(s) without an image: {_names(orphans)}; "
-                         f"expected layout: {layout}")
-    return [(image_keys[key], mask_keys[key]) for key in sorted(image_keys)]
+    return _pair(images, masks, layout, lambda p: (p.parent.name, p.name[: -len("_leftImg8bit.png")]),
+                 lambda p: (p.parent.name, p.name[: -len("_gtFine_labelIds.png")]), "a *_gtFine_labelIds.png mask")
 
 
 def _paired_folder_files(image_dir: Path, mask_dir: Path, layout: str, name: str) -> list[tuple[Path, Path]]:
@@ -362,8 +307,8 @@ def _paired_folder_files(image_dir: Path, mask_dir: Path, layout: str, name: str
     images = _list_files(image_dir, IMAGE_SUFFIXES)
     masks = _list_files(mask_dir, (".png",))
     if not images and not masks:
-        raise ValueError(f"no {name} images found in {image_dir}; expected layout: {layout}")
-    return _pair_by_stem(images, masks, layout)
+        raise ValueError(f"{name} is empty: no images in {image_dir}; expected layout: {layout}")
+    return _pair(images, masks, layout)
 
 
 def ade20k_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -385,8 +330,6 @@ def sunrgbd_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
 
 
 # ---- specs -> data sets --------------------------------------------------------------------------------------
-
-
 def parse_synthetic_options(options: str) -> dict:
     """SyntheticConfig overrides from "16", "street", "size=512x1024", "num_classes=4", ... (comma-separated)."""
     fields = {f.name: f for f in dataclasses.fields(SyntheticConfig)}
@@ -409,13 +352,12 @@ def parse_synthetic_options(options: str) -> dict:
                              f"{', '.join(list(fields) + list(aliases))}")
         try:
             if key in ("size", "shape_size"):
-                parts = value.lower().replace("x", ",").replace(":", ",").split(",")
                 cast = float if key == "shape_size" else int
-                parsed = tuple(cast(p) for p in parts)
+                parsed = tuple(cast(p) for p in value.lower().replace("x", ",").replace(":", ",").split(","))
                 overrides[key] = parsed * 2 if len(parsed) == 1 else parsed
-            elif key in ("preset",):
+            elif key == "preset":
                 overrides[key] = value
-            elif key in ("ignore_regions",):
+            elif key == "ignore_regions":
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
                     raise ValueError(value)
                 overrides[key] = value.lower() in ("1", "true", "yes")
@@ -428,7 +370,7 @@ def parse_synthetic_options(options: str) -> dict:
     return overrides
 
 
-def _build_synthetic(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
+def _build_synthetic(arg, split, num_classes, val_fraction, *, ignore_index, normalize, in_channels, transform):
     overrides = parse_synthetic_options(arg or "")
     if num_classes is not None:
         if "num_classes" in overrides and overrides["num_classes"] != num_classes:
@@ -447,54 +389,47 @@ FOLDER_CLASSES = ("folder data sets need the number of classes: pass --num-class
                   "255 = ignore), or model.num_classes in the config file")
 
 
-def _fixed_classes(name: str, expected: int, num_classes: int | None) -> int:
+def _fixed_classes(name: str, scheme: str, num_classes: int | None) -> int:
+    expected = FIXED_CLASSES[scheme]
     if num_classes is not None and num_classes != expected:
         raise ValueError(f"{name} has {expected} classes, got num_classes={num_classes}; set {expected} (or leave "
                          f"--num-classes unset)")
     return expected
 
 
-def _build_folder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, val_fraction=0.1):
+def _build_folder(arg, split, num_classes, val_fraction, **common):
     if num_classes is None:
         raise ValueError(FOLDER_CLASSES)
     if not 1 <= num_classes <= 255:
         raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
     pairs, note = folder_pairs(Path(arg), split, val_fraction)
-    dataset = LabelledImages(pairs, num_classes, identity_lut(num_classes, ignore_index), normalize=normalize,
-                             in_channels=in_channels, transform=transform, ignore_index=ignore_index, name="folder")
+    dataset = LabelledImages(pairs, num_classes, class_lut(num_classes, common["ignore_index"]), name="folder",
+                             **common)
     dataset.split_note = note
     return dataset
 
 
-def _build_cityscapes(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
-    num_classes = _fixed_classes("Cityscapes", FIXED_CLASSES["cityscapes"], num_classes)
-    return LabelledImages(cityscapes_pairs(Path(arg), split), num_classes, cityscapes_lut(ignore_index),
-                          normalize=normalize, in_channels=in_channels, transform=transform,
-                          ignore_index=ignore_index, class_names=CITYSCAPES_CLASSES, name="cityscapes")
+def _build_cityscapes(arg, split, num_classes, val_fraction, **common):
+    classes = _fixed_classes("Cityscapes", "cityscapes", num_classes)
+    return LabelledImages(cityscapes_pairs(Path(arg), split), classes, cityscapes_lut(common["ignore_index"]),
+                          class_names=CITYSCAPES_CLASSES, name="cityscapes", **common)
 
 
-def _build_ade20k(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
-    num_classes = _fixed_classes("ADE20K", FIXED_CLASSES["ade20k"], num_classes)
-    return LabelledImages(ade20k_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
-                          normalize=normalize, in_channels=in_channels, transform=transform,
-                          ignore_index=ignore_index, name="ade20k")
+def _build_ade20k(arg, split, num_classes, val_fraction, **common):
+    classes = _fixed_classes("ADE20K", "ade20k", num_classes)
+    return LabelledImages(ade20k_pairs(Path(arg), split), classes, class_lut(classes, common["ignore_index"], True),
+                          name="ade20k", **common)
 
 
-def _build_sunrgbd(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform, **_):
-    num_classes = _fixed_classes("SUN-RGBD", FIXED_CLASSES["sunrgbd"], num_classes)
-    return LabelledImages(sunrgbd_pairs(Path(arg), split), num_classes, shifted_lut(num_classes, ignore_index),
-                          normalize=normalize, in_channels=in_channels, transform=transform,
-                          ignore_index=ignore_index, class_names=SUNRGBD_CLASSES, name="sunrgbd")
+def _build_sunrgbd(arg, split, num_classes, val_fraction, **common):
+    classes = _fixed_classes("SUN-RGBD", "sunrgbd", num_classes)
+    return LabelledImages(sunrgbd_pairs(Path(arg), split), classes, class_lut(classes, common["ignore_index"], True),
+                          class_names=SUNRGBD_CLASSES, name="sunrgbd", **common)
 
 
-DATASETS: dict[str, Callable] = {
-    "synthetic": _build_synthetic,
-    "folder": _build_folder,
-    "cityscapes": _build_cityscapes,
-    "ade20k": _build_ade20k,
-    "sunrgbd": _build_sunrgbd,
-}
-"""Spec scheme -> builder(arg, split, num_classes, *, ignore_index, normalize, in_channels, transform)."""
+DATASETS: dict[str, Callable] = {"synthetic": _build_synthetic, "folder": _build_folder,
+                                 "cityscapes": _build_cityscapes, "ade20k": _build_ade20k, "sunrgbd": _build_sunrgbd}
+"""Spec scheme -> builder(arg, split, num_classes, val_fraction, *, ignore_index, normalize, in_channels, transform)."""
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -511,11 +446,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 def own_num_classes(spec: str) -> int:
     """The number of classes the data set of `spec` defines, from the spec alone (no file is read): a synthetic
-    preset's (or its num_classes option), 19 for Cityscapes, 150 for ADE20K, 37 for SUN-RGBD.
-
-    Raises:
-        ValueError: a bad spec, or a folder: spec (only the user knows which classes its masks may hold).
-    """
+    preset's (or its num_classes option), 19 for Cityscapes, 150 for ADE20K, 37 for SUN-RGBD. ValueError for a bad
+    spec or a folder: spec (only the user knows which classes its masks may hold)."""
     scheme, arg = parse_spec(spec)
     if scheme == "synthetic":
         return SyntheticConfig(**parse_synthetic_options(arg)).resolved_num_classes
@@ -547,8 +479,8 @@ def build_dataset(spec: str, split: str = "train", num_classes: int | None = Non
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     scheme, arg = parse_spec(spec)
-    dataset = DATASETS[scheme](arg, split, num_classes, ignore_index=ignore_index, normalize=normalize,
-                               in_channels=in_channels, transform=transform, val_fraction=val_fraction)
+    dataset = DATASETS[scheme](arg, split, num_classes, val_fraction, ignore_index=ignore_index, normalize=normalize,
+                               in_channels=in_channels, transform=transform)
     if label_map:
         if not isinstance(dataset, LabelledImages):
             raise ValueError(f"label_map applies to the mask files of file data sets, not to {scheme!r}")
@@ -582,16 +514,12 @@ def parse_label_map(text: str) -> dict[int, int]:
 
 
 def validate_dataset(dataset, max_errors: int = 10) -> dict:
-    """Check every sample's mask (values, size against its image header) before training.
-
-    Uses `dataset.check_sample(i)` when the data set has it (file data sets: no image decoding), otherwise loads
-    every item and checks the mask's values against `dataset.num_classes`.
+    """Check every sample's mask before training: `dataset.check_sample(i)` where the data set has it (file data
+    sets: values and size against the image header, no image decoding), else the values of every item's mask.
 
     Returns:
-        {"num_samples": int, "class_pixels": int64 (num_classes,) ndarray, "ignore_pixels": int}
-        (empty counts for synthetic data sets, which are valid by construction).
-    Raises:
-        ValueError: listing up to `max_errors` problems, each naming its file.
+        {"num_samples": int, "class_pixels": int64 (num_classes,) ndarray, "ignore_pixels": int} (counts zero for
+        synthetic data sets, valid by construction). ValueError lists up to `max_errors` problems, naming files.
     """
     if len(dataset) == 0:
         raise ValueError(f"data set {dataset!r} is empty")
@@ -625,8 +553,6 @@ def validate_dataset(dataset, max_errors: int = 10) -> dict:
 
 
 # ---- configuration -------------------------------------------------------------------------------------------
-
-
 @dataclass
 class DataConfig:
     """Where the images come from and how they are prepared. Classes, depth, image channels and the ignore label
@@ -645,15 +571,10 @@ class DataConfig:
 def datasets_from_config(cfg: DataConfig, model: QGNConfig, generator: torch.Generator | None = None,
                          augment: bool = True):
     """(train, val) data sets of `cfg` for `model` (its classes, depth, channels and ignore label); the training set
-    is augmented (unless `augment` is False, for callers that apply `cfg.augment` themselves); both are validated
-    when cfg.validate, and the training masks' classes checked (`check_classes`). The training set's
-    `data_report` holds what the checks found (or None). A normalisation "auto" is resolved here from the training
-    images (`qgn.normalize.resolve_auto`; ImageNet's statistics for a pretrained encoder) and written back into
-    `cfg.normalize`, which both data sets use.
-
-    Raises:
-        ValueError: any bad spec, crop, folder, file or label, or masks with fewer than two classes, before any
-            training step.
+    is augmented unless `augment` is False. With cfg.validate both are validated and the training masks' classes
+    checked (`check_classes`; the training set's `data_report` holds what they found, or None). A normalisation
+    "auto" is resolved from the training images (`qgn.normalize.resolve_auto`) into `cfg.normalize`, which both use.
+    ValueError for any bad spec, crop, folder, file or label, before any training step.
     """
     train = dataset_for(cfg, model, cfg.dataset, "train",
                         Augment(cfg.augment, model.depth, model.ignore_index, generator) if augment else None)
@@ -681,15 +602,10 @@ def dataset_for(cfg: DataConfig, model: QGNConfig, spec: str, split: str, transf
 
 
 def check_classes(stats: dict, num_classes: int, ignore_index: int, class_names=None) -> dict | None:
-    """What the training masks hold: ValueError when fewer than two classes remain besides the ignore label (e.g.
-    0/255 binary masks, where 255 is the ignore label); a warning naming classes that never occur.
-
-    Args:
-        stats: `validate_dataset`'s result.
-    Returns:
-        {"class_pixels": [...], "ignore_fraction": float, "missing_classes": [...]}, or None when the data set
-        reports no pixel counts (synthetic scenes, valid by construction).
-    """
+    """What the training masks hold (`stats`: `validate_dataset`'s result): ValueError when fewer than two classes
+    remain besides the ignore label (e.g. 0/255 binary masks, where 255 is the ignore label); a warning naming
+    classes that never occur. Returns {"class_pixels": [...], "ignore_fraction": float, "missing_classes": [...]},
+    or None when the data set reports no pixel counts (synthetic scenes, valid by construction)."""
     pixels = np.asarray(stats["class_pixels"])
     total = int(pixels.sum()) + stats["ignore_pixels"]
     if total == 0:

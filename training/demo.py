@@ -48,12 +48,8 @@ def demo_run_config(cfg: DemoConfig, model: str) -> RunConfig:
 
 
 def train_or_resume(cfg: DemoConfig, model: str, run_dir: Path) -> dict:
-    """Train `model` into `run_dir`, resume it when it stopped early, reuse it when it finished.
-
-    Returns:
-        {"status": "trained" | "resumed from step N" | "reused", "steps": int, "seconds": float (training time over
-        every session of the run)}.
-    """
+    """Train `model` into `run_dir`, resume it when it stopped early, reuse it when it finished. Returns {"status":
+    "trained" | "resumed from step N" | "reused", "steps": int, "seconds": training time over every session}."""
     last = run_dir / "last.pt"
     status = "trained"
     if last.exists():

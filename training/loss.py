@@ -26,11 +26,6 @@ class LossConfig:
     mixed_weight: float = 1.0  # class weight of MIXED (index C); the C real classes weigh 1 unless class_weights
 
 
-def level_targets(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Node labels (N,) int64 -> cross-entropy targets: MIXED -> num_classes, the ignore index kept."""
-    return torch.where(labels == qt.MIXED, torch.full_like(labels, num_classes), labels)
-
-
 def level_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255,
                class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of one level over its supervised nodes (0 when none is supervised).
@@ -44,7 +39,7 @@ def level_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ign
         weighted mean over nodes whose label is not the ignore index, as `F.cross_entropy`.
     """
     logits = logits.float()
-    targets = level_targets(labels, num_classes, ignore_index)
+    targets = torch.where(labels == qt.MIXED, torch.full_like(labels, num_classes), labels)  # MIXED -> class C
     supervised = targets != ignore_index
     if not bool(supervised.any()):
         return logits.sum() * 0.0  # keeps the graph (and every parameter) connected on empty levels
@@ -99,7 +94,6 @@ class QuadtreeLoss(nn.Module):
                 full_logits.float(), masks.long(), weight=self.class_weights[: self.num_classes].to(full_logits.device),
                 ignore_index=self.ignore_index)
         if self.config.adaptive and self.training:
-            # level losses summed over the DDP ranks first, so that every rank keeps the same ratios
             level = torch.stack([losses[f"loss_l{l}"].detach().float() for l in range(self.depth + 1)])
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(level)

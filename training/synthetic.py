@@ -25,13 +25,11 @@ import torch
 
 from training.transforms import NormalizeConfig, normalize_image
 
-PRESETS = ("shapes", "street")
-"""Valid values of `SyntheticConfig.preset`."""
-
 PRESET_DEFAULTS = {
     "shapes": {"size": (256, 256), "num_classes": 6},
     "street": {"size": (512, 1024), "num_classes": 19},
 }
+PRESETS = tuple(PRESET_DEFAULTS)  # the valid values of `SyntheticConfig.preset`
 
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 """Random stream of each split: scene i of "val" differs from scene i of "train"."""
@@ -102,8 +100,6 @@ class SyntheticConfig:
 
 
 # ---- class appearance ---------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, eq=False)
 class Appearance:
     """Per-class appearance; row K (after the classes) is the appearance of ignore-labelled regions.
@@ -181,14 +177,8 @@ def _texture(kind: int, scale: float, angle: float, ys: np.ndarray, xs: np.ndarr
 
 
 def paint_image(label: np.ndarray, appearance: Appearance, ignore_index: int, noise_std: float, rng) -> np.ndarray:
-    """Render an image for a label map.
-
-    Args:
-        label: uint8 (H, W), classes 0..K-1 plus `ignore_index`.
-    Returns:
-        float32 (C, H, W) in [0, 1]: per-class mean colour + per-class texture, a gentle illumination gradient,
-        and Gaussian noise of std `noise_std`.
-    """
+    """The image float32 (C, H, W) in [0, 1] of a label map uint8 (H, W) (classes 0..K-1 plus `ignore_index`):
+    per-class mean colour + per-class texture, a gentle illumination gradient, Gaussian noise of std `noise_std`."""
     h, w = label.shape
     num_classes = appearance.mean.shape[0] - 1
     channels = appearance.mean.shape[1]
@@ -215,8 +205,6 @@ def paint_image(label: np.ndarray, appearance: Appearance, ignore_index: int, no
 
 
 # ---- shape rasterisation (each works on the shape's bounding box only) ---------------------------------------
-
-
 def _box(label: np.ndarray, y0: float, y1: float, x0: float, x1: float):
     """Integer window of the float box clipped to the image, and its pixel-centre coordinates (or None)."""
     h, w = label.shape
@@ -231,15 +219,11 @@ def _box(label: np.ndarray, y0: float, y1: float, x0: float, x1: float):
 
 def paint_ellipse(label, cy, cx, ry, rx, angle, value, power: float = 2.0) -> None:
     """Fill a rotated ellipse (power 2) or superellipse (power > 2: rounded rectangle) with `value`."""
-    r = max(ry, rx) * (1.42 if power > 2 else 1.0)
-    box = _box(label, cy - r, cy + r, cx - r, cx + r)
-    if box is None:
+    frame = _rotated_frame(label, cy, cx, max(ry, rx) * (1.42 if power > 2 else 1.0), angle)
+    if frame is None:
         return
-    window, ys, xs = box
-    dy, dx = ys - cy, xs - cx
-    c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-    u = (dx * c + dy * s) / np.float32(rx)
-    v = (dy * c - dx * s) / np.float32(ry)
+    window, u, v = frame
+    u, v = u / np.float32(rx), v / np.float32(ry)
     if power == 2.0:
         inside = u * u + v * v <= 1
     else:
@@ -336,13 +320,9 @@ def paint_rect(label, y0, y1, x0, x1, value) -> None:
 
 
 # ---- layouts ------------------------------------------------------------------------------------------------
-
-
 def shapes_layout(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (H, W) label map of the "shapes" preset: random shapes of classes 1..K-1 over background 0.
-
-    `cfg` must be resolved (SyntheticConfig.resolved()); likewise for street_layout.
-    """
+    """uint8 (H, W) label map of the "shapes" preset: random shapes of classes 1..K-1 over background 0. `cfg` must
+    be resolved (SyntheticConfig.resolved()); likewise for street_layout."""
     h, w = cfg.size
     label = np.zeros((h, w), dtype=np.uint8)
     side = min(h, w)
@@ -552,12 +532,8 @@ LAYOUTS = {"shapes": shapes_layout, "street": street_layout}
 
 def render_scene(cfg: SyntheticConfig, index: int, split: str = "train",
                  appearance: Appearance | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Render scene `index` of `split`.
-
-    Returns:
-        image: float32 (C, H, W) in [0, 1];
-        mask: uint8 (H, W), classes 0..num_classes-1 plus cfg.ignore_index.
-    """
+    """Scene `index` of `split`: image float32 (C, H, W) in [0, 1] and mask uint8 (H, W) (classes
+    0..num_classes-1 plus cfg.ignore_index)."""
     if split not in SPLIT_STREAMS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLIT_STREAMS)}")
     cfg = cfg.resolved()
@@ -589,9 +565,8 @@ class SyntheticScenes(torch.utils.data.Dataset):
         self.config = (dataclasses.replace(config, **overrides) if overrides else config).resolved()
         if split not in SPLIT_STREAMS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLIT_STREAMS)}")
-        self.split = split
+        self.split, self.transform = split, transform
         self.normalize = normalize if normalize is not None else NormalizeConfig()
-        self.transform = transform
         self.appearance = class_appearance(self.config.num_classes, self.config.channels, self.config.palette_seed)
 
     @property

@@ -5,8 +5,7 @@ Reproducibility and exact resume: the data order of epoch e is a permutation see
 training sample is augmented with a generator seeded by (seed, e, index), so a run that stops at any step and
 resumes from its checkpoint (model, optimizer, loss scaler, schedule, epoch, step, CPU and CUDA RNG states) skips
 the batches it already used and ends with the same weights as an uninterrupted run: bitwise on CPU, and on CUDA
-with `deterministic` (deterministic algorithms). Checkpoints are read onto the CPU whatever device wrote them,
-written to a temporary file and renamed into place, so an interrupted write never leaves a broken `last.pt`.
+with `deterministic` (deterministic algorithms). Checkpoints: `qgn.checkpoint` (atomic writes, read on the CPU).
 Precision (`TrainConfig.amp`, `tf32`) follows `qgn.precision`: autocast around the forward pass and the loss,
 loss scaling for fp16, float32 parameters and checkpoints.
 """
@@ -31,13 +30,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from qgn import build_model
-from qgn.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from qgn.checkpoint import load_checkpoint, save_checkpoint
 from qgn.config import QGNConfig
 from qgn.evaluate import evaluate
 from qgn.precision import autocast, check_amp, fp32_math, grad_scaler
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
-from training.datasets import DataConfig, dataset_for, datasets_from_config
+from training.datasets import FIXED_CLASSES, DataConfig, dataset_for, datasets_from_config
 from training.loss import QuadtreeLoss
 from training.transforms import Augment, augment
 
@@ -70,8 +69,7 @@ class EpochOrder(Sampler):
     def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
                  pad: bool = True):
         self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
-        self.pad = pad
-        self.epoch, self.skip = 0, 0
+        self.pad, self.epoch, self.skip = pad, 0, 0
 
     def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
         self.epoch, self.skip = epoch, skip_samples
@@ -145,11 +143,9 @@ def restore_rng_states(states: dict, device: torch.device) -> None:
 
 @contextmanager
 def deterministic_algorithms(enabled: bool):
-    """`torch.use_deterministic_algorithms(True, warn_only=True)` for the block when `enabled` (restored after).
-
-    An op without a deterministic implementation warns instead of stopping the run. cuBLAS needs
-    CUBLAS_WORKSPACE_CONFIG before its first use; it is set here when the user has not set it.
-    """
+    """`torch.use_deterministic_algorithms(True, warn_only=True)` for the block when `enabled` (restored after): an
+    op without a deterministic implementation warns instead of stopping the run. Sets CUBLAS_WORKSPACE_CONFIG
+    (cuBLAS needs it before its first use) unless the user has."""
     if not enabled:
         yield
         return
@@ -188,8 +184,7 @@ class GracefulStop:
     that the checkpoint holds a finished step; a second one stops at once."""
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested, self._previous = False, None
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -216,10 +211,8 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
     `on_step_start` is called when a step begins (its batch is loaded), `on_step` when it has ended.
 
     The forward pass and the loss run under `cfg.amp`'s autocast; `scaler` (`qgn.precision.grad_scaler`; None: no
-    loss scaling) scales the loss for fp16 and skips steps whose gradients overflowed.
-
-    Raises:
-        FloatingPointError: a non-finite loss, naming the step and the level.
+    loss scaling) scales the loss for fp16 and skips steps whose gradients overflowed. A non-finite loss raises
+    FloatingPointError naming the step and the level.
     """
     model.train()
     criterion.train()
@@ -275,15 +268,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def check_checkpoint_matches(state: dict, config: RunConfig, path: Path) -> None:
-    saved = state["config"]["model"]
-    current = config.model.as_dict()
-    if saved != current:
-        diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
-        raise ValueError(f"{path} was written with another model config (saved vs current: {diff}); resume with the "
-                         f"run's own config.yaml or start a new RUN_DIR")
-
-
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
           on_step: Callable[[Progress], None] | None = None) -> dict:
     """Train `config` into `out_dir` (config.yaml, last.pt, best.pt, log.jsonl).
@@ -298,8 +282,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     (gloo on CPU, nccl on CUDA); rank 0 writes the files. TF32 and deterministic algorithms are set as
     `config.train` says for the run and restored after it.
     """
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    owns_group = distributed and not (dist.is_available() and dist.is_initialized())
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized())
     try:
         with fp32_math(config.train.tf32), deterministic_algorithms(config.train.deterministic):
             result = _train(config, out_dir, resume, on_step)
@@ -314,19 +297,15 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
 
 
 def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dict:
-    out_dir = Path(out_dir)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    tcfg = config.train
-    device = resolve_device(tcfg.device, local_rank)
+    out_dir, tcfg = Path(out_dir), config.train
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    distributed, main_process = world_size > 1, rank == 0
+    device = resolve_device(tcfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     check_amp(tcfg.amp, device)
-    distributed = world_size > 1
     if distributed and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    main_process = rank == 0
 
     # Data first: every data problem surfaces before any training step.
     dcfg, mcfg = config.data, config.model  # classes, depth, channels and the ignore label: mcfg's
@@ -338,8 +317,12 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
     sampler = EpochOrder(len(train_set), tcfg.seed, rank, world_size)
     loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=tcfg.num_workers, drop_last=False)
-    val_loader = DataLoader(val_set, batch_size=1, sampler=EpochOrder(len(val_set), 0, rank, world_size, shuffle=False, pad=False),
-                            collate_fn=collate, num_workers=tcfg.num_workers)
+
+    def eval_loader(dataset) -> DataLoader:  # every sample once, shared among the ranks
+        return DataLoader(dataset, batch_size=1, collate_fn=collate, num_workers=tcfg.num_workers,
+                          sampler=EpochOrder(len(dataset), 0, rank, world_size, shuffle=False, pad=False))
+
+    val_loader = eval_loader(val_set)
 
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
@@ -352,7 +335,12 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start without --resume")
         state = load_checkpoint(last_path)  # onto the CPU; the state dicts copy to the model's device
-        check_checkpoint_matches(state, config, last_path)
+        saved, current = state["config"]["model"], config.model.as_dict()
+        if saved != current:
+            diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current)
+                    if saved.get(k) != current.get(k)}
+            raise ValueError(f"{last_path} was written with another model config (saved vs current: {diff}); resume "
+                             f"with the run's own config.yaml or start a new RUN_DIR")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         criterion.load_state_dict(state["criterion"])
@@ -363,11 +351,9 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
         progress.finished = progress.epoch >= tcfg.epochs or (tcfg.max_steps is not None and
                                                               progress.step >= tcfg.max_steps)
         restore_rng_states(state["rng"], device)
-    elif main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if last_path.exists():
-            raise ValueError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it or choose "
-                             f"another --out")
+    elif main_process and last_path.exists():
+        raise ValueError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it or choose another "
+                         f"--out")
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         config.save(out_dir / "config.yaml")
@@ -385,12 +371,10 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
 
     def checkpoint(path: Path) -> None:
         if main_process:
-            save_checkpoint(path, {
-                "format": "qgn-checkpoint", "version": CHECKPOINT_VERSION, "config": config.as_dict(),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "criterion": criterion.state_dict(), "scaler": scaler.state_dict(),
-                "progress": vars(progress).copy(), "rng": rng_states(device),
-            })
+            save_checkpoint(path, {"config": config.as_dict(), "model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "criterion": criterion.state_dict(),
+                                   "scaler": scaler.state_dict(), "progress": vars(progress).copy(),
+                                   "rng": rng_states(device)})
 
     stop = GracefulStop()
     at_boundary = [True]  # False while a step is under way: its partial state must not be checkpointed
@@ -434,8 +418,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=progress.step, desc="train", unit="step", dynamic_ncols=True)
-    started = time.perf_counter()
-    seconds_before = progress.seconds
+    started, seconds_before = time.perf_counter(), progress.seconds
     last_validated = None  # the epoch of this session's last validation
     summary: dict = {}
 
@@ -485,8 +468,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
               "step": progress.step, "seconds": progress.seconds, **{k: v for k, v in summary.items() if k != "miou"}}
     test_set = test_split(dcfg, mcfg) if tcfg.test else None
     if test_set is not None:
-        test_loader = DataLoader(test_set, batch_size=1, collate_fn=collate, num_workers=tcfg.num_workers,
-                                 sampler=EpochOrder(len(test_set), 0, rank, world_size, shuffle=False, pad=False))
+        test_loader = eval_loader(test_set)
         result["test"] = {}
         for name, path in (("last", last_path), ("best", best_path)):  # written by rank 0 before the barrier
             if name == "best" and progress.best_epoch == last_validated:  # the last validation was the best
@@ -504,7 +486,7 @@ def test_split(dcfg: DataConfig, mcfg: QGNConfig):
     """The labelled "test" split of the validation data's spec, or None when it has none (a folder without
     split folders, Cityscapes whose test labels are withheld, ...)."""
     spec = dcfg.val_dataset or dcfg.dataset
-    if spec.partition(":")[0] in ("cityscapes", "ade20k", "sunrgbd"):  # withheld labels, or "val" reads it already
+    if spec.partition(":")[0] in FIXED_CLASSES:  # public data sets: withheld labels, or "val" reads it already
         return None
     try:
         return dataset_for(dcfg, mcfg, spec, "test")

@@ -1,7 +1,7 @@
 """Joint image/mask augmentation (random scale, crop, horizontal flip); normalisation lives in qgn.normalize
 (re-exported here). Augmentation works on torch tensors, image float (C, H, W) and mask int64 (H, W), and keeps
 them pixel-aligned: the image is resized bilinearly and the mask with "nearest-exact" (both sample at pixel
-centres), the crop window and the flip are shared. Crops must be multiples of 2**depth so that every crop is a whole forest of quadtrees.
+centres), the crop window and the flip are shared. Crops are multiples of 2**depth: whole forests of quadtrees.
 """
 
 from __future__ import annotations
@@ -17,19 +17,10 @@ from qgn.normalize import (  # noqa: F401  (re-exported)
     GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, NORMALIZERS, NormalizeConfig, intensity_scale, normalize_image,
 )
 
-# ---- augmentation --------------------------------------------------------------------------------------------
-
 
 def check_crop(crop, depth: int) -> tuple[int, int] | None:
-    """Validate a crop size against the quadtree depth.
-
-    Args:
-        crop: None (no crop), an int (square) or (H, W).
-    Returns:
-        None or (H, W) as ints.
-    Raises:
-        ValueError: a side that is not a positive multiple of 2**depth, naming the nearest valid sizes.
-    """
+    """`crop` (None, an int for a square, or (H, W)) as None or (H, W) ints; ValueError, naming the nearest valid
+    sizes, for a side that is not a positive multiple of 2**depth."""
     if crop is None:
         return None
     if isinstance(crop, (int, np.integer)):
@@ -43,10 +34,8 @@ def check_crop(crop, depth: int) -> tuple[int, int] | None:
             below = max(cell, side // cell * cell)
             above = max(cell, -(-side // cell) * cell)
             nearest = f"{below}" if below == above else f"{below} or {above}"
-            raise ValueError(
-                f"crop {name} {side} is not a positive multiple of 2**depth = {cell} (depth {depth}); "
-                f"nearest valid {name}: {nearest}"
-            )
+            raise ValueError(f"crop {name} {side} is not a positive multiple of 2**depth = {cell} (depth {depth}); "
+                             f"nearest valid {name}: {nearest}")
     return crop
 
 
@@ -60,10 +49,6 @@ class AugmentConfig:
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
-
-
-def _uniform(low: float, high: float, generator) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
 
 
 def augment(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, ignore_index: int = 255,
@@ -84,7 +69,7 @@ def augment(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, ignore_
                          f"{tuple(image.shape)} and mask {tuple(mask.shape)}")
     low, high = cfg.scale_range
     if (low, high) != (1.0, 1.0):
-        factor = _uniform(low, high, generator)
+        factor = low + (high - low) * float(torch.rand((), generator=generator))
         h, w = mask.shape
         size = (max(1, round(h * factor)), max(1, round(w * factor)))
         if size != (h, w):
@@ -100,29 +85,20 @@ def augment(image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, ignore_
         image = image[:, top:top + ch, left:left + cw]
         mask = mask[top:top + ch, left:left + cw]
     if cfg.hflip and float(torch.rand((), generator=generator)) < 0.5:
-        image = image.flip(-1)
-        mask = mask.flip(-1)
+        image, mask = image.flip(-1), mask.flip(-1)
     return image.contiguous(), mask.contiguous()
 
 
 class Augment:
-    """Callable (image, mask) -> (image, mask) applying `augment` with a crop checked against `depth`.
-
-    Args:
-        cfg: the AugmentConfig.
-        depth: quadtree depth; cfg.crop must be a multiple of 2**depth (ValueError otherwise, at construction).
-        ignore_index: mask value for padding.
-        generator: optional torch.Generator (deterministic sequences in one process); None = torch's global RNG,
-            the right choice with DataLoader workers (a generator would be copied into every worker).
-    """
+    """Callable (image, mask) -> (image, mask) applying `augment` with a crop checked against `depth` (ValueError
+    at construction). `generator`: deterministic sequences in one process; None = torch's global RNG, the right
+    choice with DataLoader workers (a generator would be copied into every worker)."""
 
     def __init__(self, cfg: AugmentConfig, depth: int, ignore_index: int = 255,
                  generator: torch.Generator | None = None):
         self.cfg = AugmentConfig(crop=check_crop(cfg.crop, depth), scale_range=tuple(cfg.scale_range),
                                  hflip=cfg.hflip)
-        self.depth = depth
-        self.ignore_index = ignore_index
-        self.generator = generator
+        self.depth, self.ignore_index, self.generator = depth, ignore_index, generator
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return augment(image, mask, self.cfg, self.ignore_index, self.generator)
