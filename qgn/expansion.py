@@ -26,9 +26,12 @@ import quadtree as qt
 ExpansionRule = Callable[[int, torch.Tensor, qt.Quadtree], torch.Tensor]
 
 
-def in_image(tree: qt.Quadtree, level: int) -> torch.Tensor:
-    """bool (N,): which nodes of `tree.levels[level]` hold pixels of the unpadded image."""
-    return cells_in_image(tree.levels[level].coords, tree.stride(level), tree.image_size)
+def in_image(expand: torch.Tensor, tree: qt.Quadtree, level: int) -> torch.Tensor:
+    """`expand` (bool (N,)) restricted to the nodes of `tree.levels[level]` that hold pixels of the unpadded image
+    (`expand` itself when the image fills the padded grid)."""
+    if tree.padded_size == tuple(tree.image_size):
+        return expand
+    return expand & cells_in_image(tree.levels[level].coords, tree.stride(level), tree.image_size)
 
 
 def cells_in_image(coords: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:
@@ -51,7 +54,7 @@ def argmax_rule(mixed_class: int) -> ExpansionRule:
     """Expand where MIXED (logit `mixed_class`) is the argmax (QGN's own rule)."""
 
     def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
-        return (logits.argmax(1) == mixed_class) & in_image(tree, level)
+        return in_image(logits.argmax(1) == mixed_class, tree, level)
 
     return rule
 
@@ -60,7 +63,7 @@ def threshold_rule(mixed_class: int, threshold: float) -> ExpansionRule:
     """Expand where P(MIXED) = softmax(logits)[mixed_class] >= `threshold` (0 expands everything)."""
 
     def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
-        return (mixed_probability(logits, mixed_class) >= threshold) & in_image(tree, level)
+        return in_image(mixed_probability(logits, mixed_class) >= threshold, tree, level)
 
     return rule
 
@@ -70,8 +73,6 @@ def within_budget(inner: ExpansionRule, mixed_class: int, budget: int) -> Expans
 
     def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
         expand = inner(level, logits, tree)
-        if not bool(expand.any()):
-            return expand
         return keep_top(expand, mixed_probability(logits, mixed_class), tree.levels[level].coords[:, 0].long(),
                         budget)
 

@@ -192,7 +192,7 @@ class QGN(nn.Module):
         geometry = SparseGeometry.grid(batch, (h0, w0), root.device)
         feats = root.permute(0, 2, 3, 1).reshape(-1, c0)
         logits = self.root_head(root).permute(0, 2, 3, 1).reshape(-1, self.mixed_class + 1)
-        growth = _TreeGrowth(self.config, batch, image_size)
+        growth = _TreeGrowth(self.config, batch, image_size, root.device)
         chosen = None
         for level in range(last_level + 1):
             if level > 0:  # the children of the nodes chosen at the level above
@@ -239,7 +239,7 @@ class DenseTwin(QGN):
         rule = argmax_rule(self.mixed_class) if rule is None else rule
         h0, w0 = maps[0].shape[2:]
         geometry = SparseGeometry.grid(batch, (h0, w0), images.device)
-        growth = _TreeGrowth(self.config, batch, image_size)
+        growth = _TreeGrowth(self.config, batch, image_size, images.device)
         for level in range(last_level + 1):
             logits = gather_dense(maps[level], geometry)
             chosen = growth.add_level(geometry, logits, rule if level < last_level else None)
@@ -261,36 +261,36 @@ class _TreeGrowth:
     """The levels of the tree a decoder grows, and their logits: one `add_level` per computed level, `tree()` at
     the end - the one place a predicted tree is assembled."""
 
-    def __init__(self, config: QGNConfig, batch_size: int, image_size: tuple[int, int]):
+    def __init__(self, config: QGNConfig, batch_size: int, image_size: tuple[int, int], device: torch.device):
         self.config, self.batch_size, self.image_size = config, batch_size, tuple(int(s) for s in image_size)
+        self.padded = qt.padded_size(self.image_size, 1 << config.depth) != self.image_size
         self.levels: list[qt.QuadtreeLevel] = []
         self.level_logits: list[torch.Tensor] = []
-        self._parent: torch.Tensor | None = None
+        self._parent = torch.zeros(0, dtype=torch.long, device=device)
+        self._empty = qt.QuadtreeLevel(torch.zeros(0, 3, dtype=torch.int32, device=device), self._parent,
+                                       self._parent)
 
     def add_level(self, geometry: SparseGeometry, logits: torch.Tensor, rule: ExpansionRule | None) -> torch.Tensor:
         """Record the next level (its nodes: `geometry`, children of the nodes chosen at the previous call); label
         it, let `rule` pick the nodes to expand (none when rule is None). Returns int64 (M,) their rows."""
         level = len(self.levels)
-        parent = torch.full((geometry.num_sites,), -1, dtype=torch.long, device=logits.device) \
-            if self._parent is None else self._parent
-        inside = cells_in_image(geometry.coords, 1 << (self.config.depth - level), self.image_size)
-        leaves = torch.where(inside, logits[:, :self.config.num_classes].argmax(1), self.config.ignore_index)
+        parent = self._parent if level else torch.full((geometry.num_sites,), -1, device=logits.device)
+        leaves = logits[:, :self.config.num_classes].argmax(1)
+        if self.padded:  # nodes wholly in the padding are ignore leaves
+            inside = cells_in_image(geometry.coords, 1 << (self.config.depth - level), self.image_size)
+            leaves = torch.where(inside, leaves, self.config.ignore_index)
         self.levels.append(tree_level(geometry, leaves, parent))
         self.level_logits.append(logits)
-        chosen = torch.zeros(0, dtype=torch.long, device=logits.device)
-        if rule is not None:
-            expand = rule(level, logits, self.tree())
-            chosen = torch.nonzero(expand).flatten()
-            self.levels[-1] = tree_level(geometry, leaves.masked_fill(expand, qt.MIXED), parent)
+        if rule is None:
+            return self._empty.parent
+        expand = rule(level, logits, self.tree())
+        chosen = torch.nonzero(expand).flatten()  # the one host synchronisation of a level: its number of children
+        self.levels[-1] = tree_level(geometry, leaves.masked_fill(expand, qt.MIXED), parent)
         self._parent = chosen.repeat_interleave(4)
         return chosen
 
     def tree(self) -> qt.Quadtree:
-        device = self.levels[0].device
-        empty = qt.QuadtreeLevel(torch.zeros(0, 3, dtype=torch.int32, device=device),
-                                 torch.zeros(0, dtype=torch.long, device=device),
-                                 torch.zeros(0, dtype=torch.long, device=device))
-        levels = tuple(self.levels) + (empty,) * (self.config.depth + 1 - len(self.levels))
+        levels = tuple(self.levels) + (self._empty,) * (self.config.depth + 1 - len(self.levels))
         return qt.Quadtree(levels, self.config.depth, self.batch_size, self.image_size, self.config.ignore_index)
 
     def nodes_per_level(self) -> list[int]:

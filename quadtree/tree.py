@@ -9,6 +9,7 @@ groups follow the order of their parents, so every level is sorted by batch inde
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -250,11 +251,16 @@ def child_coords(parent_coords: torch.Tensor) -> torch.Tensor:
     Returns:
         int32 (4N, 3) row-major contiguous at level l + 1; rows 4i..4i+3 are the children of parent i.
     """
-    scale = torch.tensor([1, 2, 2], dtype=torch.int32, device=parent_coords.device)
-    offsets = torch.zeros(4, 3, dtype=torch.int32, device=parent_coords.device)
-    offsets[:, 1:] = CHILD_OFFSETS.to(parent_coords.device)
-    children = (parent_coords * scale)[:, None, :] + offsets[None, :, :]  # (N, 4, 3)
-    return children.reshape(-1, 3).contiguous()
+    scale, offsets = _child_steps(parent_coords.device)
+    return (parent_coords[:, None, :] * scale + offsets).reshape(-1, 3)  # (N, 4, 3) -> (4N, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def _child_steps(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 (3,) scale (1, 2, 2) and (4, 3) offsets (0, dy, dx) of the children, made once per device."""
+    offsets = torch.zeros(4, 3, dtype=torch.int32)
+    offsets[:, 1:] = CHILD_OFFSETS
+    return torch.tensor([1, 2, 2], dtype=torch.int32, device=device), offsets.to(device)
 
 
 def flat_index(coords: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

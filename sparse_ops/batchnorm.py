@@ -61,3 +61,30 @@ class NodeBatchNorm(nn.BatchNorm1d):
         # BatchNorm1d over (B, C, H * W) normalises over (B, H * W) per channel: BatchNorm2d, with this module's
         # own bookkeeping (momentum, num_batches_tracked)
         return super().forward(x.flatten(2)).view_as(x)
+
+
+class FoldedBatchNorm(nn.Identity):
+    """A batch norm folded into the convolution before it (`fold_batch_norm`): the identity, sparse and dense."""
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@torch.no_grad()
+def fold_batch_norm(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold `bn` (its running statistics: inference) into `conv` in place: conv'(x) = bn(conv(x)).
+
+    Args:
+        conv: a module with `weight` (C_out, ...) and `bias` (C_out,) or None (nn.Conv2d, SubMConv2d, ...).
+        bn: a BatchNorm over C_out channels with running statistics.
+    """
+    if bn.running_mean is None:
+        raise ValueError("only a batch norm with running statistics (track_running_stats=True) can be folded")
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    conv.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.ndim - 1)).to(conv.weight.dtype))
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)

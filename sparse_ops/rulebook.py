@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+import quadtree
 from sparse_ops import backend
 
 
@@ -37,20 +38,20 @@ def neighbour_table(
         spatial_shape: (h, w) of the grid.
     Returns:
         int64 (N, k*k): row index into `coords` of the site at offset tap t (see `kernel_offsets`), or N where
-        that site is inactive or outside the grid. Uses a dense int64 (batch_size, h, w) index map.
+        that site is inactive or outside the grid. Uses a dense int64 index map of the grid plus a border.
     """
     h, w = spatial_shape
     n = coords.shape[0]
     device = coords.device
-    b, y, x = coords.long().unbind(1)
-    index_map = torch.full((batch_size, h, w), n, dtype=torch.int64, device=device)
-    index_map[b, y, x] = torch.arange(n, device=device)
+    # An index map with a border of r = dilation * (k // 2) cells holding the sentinel N on every side: every tap of
+    # every site reads inside it, so a neighbour is one add and one gather, with no bounds checks.
+    r = dilation * (kernel_size // 2)
+    width = w + 2 * r
+    index_map = torch.full((batch_size * (h + 2 * r) * width,), n, dtype=torch.int64, device=device)
+    centre = quadtree.flat_index(coords, (h + 2 * r, width)) + (r * width + r)  # (N,) the sites, shifted by (r, r)
+    index_map[centre] = torch.arange(n, device=device)
     offsets = kernel_offsets(kernel_size, dilation, device)  # (kk, 2)
-    ny = y[:, None] + offsets[None, :, 0]  # (N, kk)
-    nx = x[:, None] + offsets[None, :, 1]
-    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-    table = index_map[b[:, None], ny.clamp(0, h - 1), nx.clamp(0, w - 1)]
-    return torch.where(inside, table, torch.full_like(table, n))
+    return index_map[centre[:, None] + (offsets[:, 0] * width + offsets[:, 1])]  # (N, kk)
 
 
 def spconv_rulebook(

@@ -100,17 +100,16 @@ def _spconv_subm(feats: torch.Tensor, geometry: SparseGeometry, weight: torch.Te
     )
 
 
-def _gather_columns(feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(n, kk * C) im2col block: feats[rows[i, t]] side by side, zeros where rows[i, t] == N (missing neighbour).
+def _with_zero_row(feats: torch.Tensor) -> torch.Tensor:
+    """(N + 1, C): `feats` and a row of zeros, the row the sentinel N of a neighbour table reads."""
+    return torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
 
-    Gathers with the sentinel clamped, then zeroes only the missing entries: no padded (N + 1, C) copy of feats
-    per call, and no pass over the whole block (measured 2-3x faster than indexing + masked_fill).
-    """
-    n, c = feats.shape
-    flat = rows.reshape(-1)
-    cols = feats.index_select(0, flat.clamp(max=n - 1))  # (n_rows * kk, C)
-    cols.index_fill_(0, (flat == n).nonzero().squeeze(1), 0)
-    return cols.view(rows.shape[0], rows.shape[1] * c)
+
+def _gather_columns(padded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(n, kk * C) im2col block: padded[rows[i, t]] side by side; the sentinel N reads the zero row of `padded`
+    (N + 1, C). One gather and no data-dependent index: no host synchronisation on a GPU (measured on CPU as fast
+    as or faster than zeroing the missing entries after the gather, which needed a nonzero per chunk)."""
+    return padded.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1] * padded.shape[1])
 
 
 def _chunk_rows(table: torch.Tensor, channels: int) -> int:
@@ -119,10 +118,13 @@ def _chunk_rows(table: torch.Tensor, channels: int) -> int:
 
 def _im2col_matmul(feats: torch.Tensor, table: torch.Tensor, wmat: torch.Tensor) -> torch.Tensor:
     """out[i] = concat_t(feats[table[i, t]] or 0) @ wmat, in row chunks. feats (N, C), wmat (kk * C, C_out)."""
-    out = feats.new_empty(feats.shape[0], wmat.shape[1])
+    padded = _with_zero_row(feats)
     step = _chunk_rows(table, feats.shape[1])
+    if step >= feats.shape[0]:
+        return _gather_columns(padded, table) @ wmat
+    out = feats.new_empty(feats.shape[0], wmat.shape[1])
     for start in range(0, feats.shape[0], step):
-        torch.mm(_gather_columns(feats, table[start:start + step]), wmat, out=out[start:start + step])
+        torch.mm(_gather_columns(padded, table[start:start + step]), wmat, out=out[start:start + step])
     return out
 
 
@@ -157,8 +159,9 @@ class _TorchSubmConv(torch.autograd.Function):
             low = feats.dtype in (torch.float16, torch.bfloat16)
             gmat = feats.new_zeros(k * k * c, c_out, dtype=torch.float32 if low else feats.dtype)
             step = _chunk_rows(table, c)
+            padded = _with_zero_row(feats)
             for start in range(0, feats.shape[0], step):
-                cols = _gather_columns(feats, table[start:start + step]).t()
+                cols = _gather_columns(padded, table[start:start + step]).t()
                 if low:
                     gmat += torch.mm(cols, grad_out[start:start + step])
                 else:

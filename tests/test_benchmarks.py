@@ -77,3 +77,18 @@ def test_scripts_answer_help():
         done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                               check=False)
         assert done.returncode == 0 and "--repeats" in done.stdout, done.stderr
+
+
+def test_dispatch_counts_ops_and_syncs_of_a_prediction(tmp_path):
+    import bench_dispatch
+
+    assert bench_dispatch.main(["--sizes", "64x128", "--masks", "street", "--repeats", "1", "--out",
+                                str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "dispatch.json").read_text())
+    assert [(r["setting"], r["model"]) for r in records] == [
+        ("oracle", "folded"), ("oracle", "unfolded"), ("argmax", "folded"), ("argmax", "unfolded")]
+    folded, unfolded = records[0], records[1]
+    assert folded["nodes_per_level"] == unfolded["nodes_per_level"]
+    assert 0 < folded["ops"] < unfolded["ops"]  # the folded batch norms are ops no longer dispatched
+    assert all(r["syncs"] <= 5 + 1 for r in records)  # one per expanded level and decoding's check
+    assert "| 64x128 | street | oracle | folded |" in (tmp_path / "dispatch.md").read_text()

@@ -122,3 +122,29 @@ def test_padding_costs_what_encode_gives_it_and_is_replicated():
     assert torch.equal(padded[:, :, 13:, :21], images[:, :, 12:13, :].expand(-1, -1, 3, -1))
     assert torch.equal(padded[:, :, :13, 21:], images[:, :, :, 20:21].expand(-1, -1, -1, 3))
     assert prediction.labels.shape == (2, 13, 21)
+
+
+def test_a_full_depth_prediction_synchronises_the_host_once_per_level():
+    """On a GPU every op whose output size or value the host needs (nonzero, item, ...) stalls it until the device
+    catches up: a prediction may force one per expanded level (its number of children) and one for decoding's
+    check, no more (a budget ranks each level's candidates: one more per level) - counted on the CPU with a dispatch mode (benchmarks/bench_dispatch.py counts all ops)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Syncs(TorchDispatchMode):
+        names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in {"nonzero", "_local_scalar_dense", "is_nonzero", "equal", "masked_select", "_unique2"}:
+                self.names.append(name)
+            return func(*args, **(kwargs or {}))
+
+    masks = example_masks()
+    for kind in ("qgn", "dense"):
+        model = small_model(kind)
+        for knobs in ({"oracle_tree": qt.encode(masks, DEPTH)}, {"threshold": 0.0}, {"threshold": 0.2, "budget": 3}):
+            with Syncs() as syncs:
+                model.predict(torch.randn(2, 3, 24, 32), **knobs)
+            budget_ranking = DEPTH if "budget" in knobs else 0  # the budget ranks each level's candidates: one more
+            assert len(syncs.names) <= DEPTH + 1 + budget_ranking, (kind, knobs, syncs.names)
+            syncs.names.clear()
