@@ -33,10 +33,11 @@ def expand_children(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         feats, weight, bias = _backend.autocast_inputs(feats.device, feats, weight, bias)
     _check_expand_args(feats, weight, bias)
     c_in, c_out = weight.shape[:2]
-    n = feats.shape[0]
-    out = feats @ weight.reshape(c_in, c_out * 4)  # (N, C_out * 4), columns (c_out, dy, dx)
-    out = out.reshape(n, c_out, 4).transpose(1, 2).reshape(4 * n, c_out)  # (N, 4, C_out) -> (4N, C_out)
-    return out if bias is None else out + bias
+    # columns (dy, dx, c_out): the product (N, 4 * C_out) is already (4N, C_out) in child order - only the small
+    # weight is permuted, never the output
+    columns = weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+    out = feats @ columns if bias is None else torch.addmm(bias.repeat(4), feats, columns)
+    return out.view(4 * feats.shape[0], c_out)
 
 
 def _check_expand_args(feats, weight, bias) -> None:

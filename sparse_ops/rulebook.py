@@ -50,8 +50,9 @@ def neighbour_table(
     index_map = torch.full((batch_size * (h + 2 * r) * width,), n, dtype=torch.int64, device=device)
     centre = quadtree.flat_index(coords, (h + 2 * r, width)) + (r * width + r)  # (N,) the sites, shifted by (r, r)
     index_map[centre] = torch.arange(n, device=device)
-    offsets = kernel_offsets(kernel_size, dilation, device)  # (kk, 2)
-    return index_map[centre[:, None] + (offsets[:, 0] * width + offsets[:, 1])]  # (N, kk)
+    steps = [(t - kernel_size // 2) * dilation for t in range(kernel_size)]
+    taps = [dy * width + dx for dy in steps for dx in steps]  # the flat step of each tap, in `kernel_offsets` order
+    return index_map[centre[:, None] + torch.tensor(taps, device=device)]  # (N, kk)
 
 
 def spconv_rulebook(

@@ -102,7 +102,7 @@ def _spconv_subm(feats: torch.Tensor, geometry: SparseGeometry, weight: torch.Te
 
 def _with_zero_row(feats: torch.Tensor) -> torch.Tensor:
     """(N + 1, C): `feats` and a row of zeros, the row the sentinel N of a neighbour table reads."""
-    return torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
+    return F.pad(feats, (0, 0, 0, 1))
 
 
 def _gather_columns(padded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
