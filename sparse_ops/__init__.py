@@ -1,5 +1,6 @@
-"""Sparse ops on the nodes of quadtree levels: submanifold convs (spconv or pure PyTorch), parent -> children
-projection, dense <-> node transfers, node selection, batch norm over nodes, and a residual block.
+"""Sparse ops on the nodes of quadtree levels: submanifold convs (spconv or pure PyTorch), stride-2 sparse convs
+down to the halved site set and transposed back up, parent -> children projection, dense <-> node transfers, node
+selection, batch norm over nodes, and a residual block.
 
 Every op takes the features of a level, (N, C) - one row per node - and the level's `SparseGeometry`: the nodes'
 (batch, y, x) coords on the level grid with the rulebooks derived from them. A quadtree keeps the geometry of each
@@ -19,6 +20,8 @@ from sparse_ops.gather import MODES, gather_dense, scatter_dense
 from sparse_ops.geometry import SparseGeometry, level_geometry, tree_level
 from sparse_ops.reference import dense_expand_children, dense_submanifold_conv2d
 from sparse_ops.rulebook import kernel_offsets, neighbour_table, spconv_rulebook
+from sparse_ops.strided import (StridedConv2d, TransposedConv2d, dense_strided_conv2d, dense_transposed_conv2d,
+                                strided_conv2d, transposed_conv2d)
 from sparse_ops.submanifold import SubMConv2d, submanifold_conv2d
 
 __all__ = [
@@ -28,7 +31,7 @@ __all__ = [
     # ops and modules
     "submanifold_conv2d", "SubMConv2d", "expand_children", "ExpandChildren", "gather_dense", "scatter_dense", "MODES",
     "node_batch_norm", "NodeBatchNorm",
-    "SubMResBlock",
+    "SubMResBlock", "strided_conv2d", "StridedConv2d", "transposed_conv2d", "TransposedConv2d",
     # dense references
-    "dense_submanifold_conv2d", "dense_expand_children",
+    "dense_submanifold_conv2d", "dense_expand_children", "dense_strided_conv2d", "dense_transposed_conv2d",
 ]

@@ -166,3 +166,15 @@ def as_int32_coords(coords: torch.Tensor, name: str = "coords") -> torch.Tensor:
         coords = coords.to(torch.int32)
     # is_contiguous() is also True for an (N, 3) tensor with N <= 1 whatever its strides; spconv is fine then.
     return coords.contiguous()
+
+
+def check_like_feats(feats: torch.Tensor, prefix: str = "", **tensors) -> None:
+    """Raise ValueError unless every given tensor (None skipped) has `feats`' dtype and device (`prefix` starts the
+    message, e.g. the op's name)."""
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.dtype != feats.dtype:
+            raise ValueError(f"{prefix}{name} has dtype {tensor.dtype} but feats has {feats.dtype}; cast one of them")
+        if tensor.device != feats.device:
+            raise ValueError(f"{prefix}{name} is on {tensor.device} but feats on {feats.device}")

@@ -80,6 +80,29 @@ class SparseGeometry:
         # children of unique in-grid parents are unique and in-grid: nothing to re-validate
         return SparseGeometry._trusted(quadtree.child_coords(parents), (2 * h, 2 * w), self.batch_size)
 
+    def downsampled(self) -> tuple["SparseGeometry", torch.Tensor]:
+        """The sites of a stride-2 sparse conv's output (`sparse_ops.strided_conv2d`) and each site's parent; cached.
+
+        Returns:
+            coarse: the unique (b, y // 2, x // 2) of the sites, in (batch, y, x) order, on the
+                (ceil(h / 2), ceil(w / 2)) grid, same batch size.
+            parent: int64 (N,), the coarse row of each site (coarse.coords[parent[i]] = (b, y // 2, x // 2) of row i).
+        Built on first call (one sort) and kept with this geometry, so every call returns the same objects.
+        """
+        key = ("geometry", "downsampled")
+        if key not in self._cache:
+            h, w = self.spatial_shape
+            shape = ((h + 1) // 2, (w + 1) // 2)
+            halved = self.coords.long()
+            halved = torch.stack([halved[:, 0], halved[:, 1] // 2, halved[:, 2] // 2], dim=1)
+            keys, parent = torch.unique(quadtree.flat_index(halved, shape), sorted=True, return_inverse=True)
+            yx, x = keys.div(shape[1], rounding_mode="floor"), keys.remainder(shape[1])
+            b, y = yx.div(shape[0], rounding_mode="floor"), yx.remainder(shape[0])
+            coords = torch.stack([b, y, x], dim=1).to(torch.int32).contiguous()
+            # unique sorted keys of in-grid cells: unique, in-grid and in (batch, y, x) order by construction
+            self._cache[key] = (SparseGeometry._trusted(coords, shape, self.batch_size), parent.reshape(-1))
+        return self._cache[key]
+
     # ---- properties --------------------------------------------------------------------------------------------
     @property
     def num_sites(self) -> int:

@@ -194,13 +194,7 @@ def _check_conv_args(feats, geometry: SparseGeometry, weight, bias, dilation) ->
                          f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f"dilation must be a positive int, got {dilation!r}")
-    for name, tensor in (("weight", weight), ("bias", bias)):
-        if tensor is None:
-            continue
-        if tensor.dtype != feats.dtype:
-            raise ValueError(f"{name} has dtype {tensor.dtype} but feats has {feats.dtype}; cast one of them")
-        if tensor.device != feats.device:
-            raise ValueError(f"{name} is on {tensor.device} but feats on {feats.device}")
+    _backend.check_like_feats(feats, weight=weight, bias=bias)
     if geometry.device != feats.device:
         raise ValueError(f"coords are on {geometry.device} but feats on {feats.device}; use geometry.to(device)")
 
