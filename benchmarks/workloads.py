@@ -103,7 +103,8 @@ NETWORKS = {"qgn": QuadtreeNetwork("qgn"), "dense": QuadtreeNetwork("dense"), "s
 
 def conv2d_macs(model: nn.Module, images: torch.Tensor) -> int:
     """MACs of one forward pass: output elements x C_in / groups x kh x kw summed over every nn.Conv2d call -
-    the count `qgn.cost.dense_conv_macs` makes for QGN's encoder and root (forward hooks, no autograd)."""
+    the count `qgn.cost.dense_conv_macs` makes for QGN's encoder and root (forward hooks; that one runs
+    on the meta device with autograd on, so the stem is never striped)."""
     total = [0]
 
     def hook(conv, inputs, output):

@@ -72,9 +72,8 @@ def within_budget(inner: ExpansionRule, mixed_class: int, budget: int) -> Expans
     """`inner`'s choice cut to at most `budget` nodes per image and level, those of highest P(MIXED)."""
 
     def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
-        expand = inner(level, logits, tree)
-        return keep_top(expand, mixed_probability(logits, mixed_class), tree.levels[level].coords[:, 0].long(),
-                        budget)
+        return keep_top(inner(level, logits, tree), mixed_probability(logits, mixed_class),
+                        tree.levels[level].coords[:, 0].long(), budget)
 
     return rule
 
@@ -96,16 +95,13 @@ def mixed_probability(logits: torch.Tensor, mixed_class: int) -> torch.Tensor:
 
 
 def keep_top(expand: torch.Tensor, score: torch.Tensor, batch: torch.Tensor, budget: int) -> torch.Tensor:
-    """bool (N,): at most `budget` of the `expand` nodes per batch index, those of highest `score`."""
-    candidates = torch.nonzero(expand).flatten()
-    # Sort candidates by (batch, -score); a node's rank within its image is its position minus the image's start.
-    order = torch.argsort(score[candidates], descending=True, stable=True)
-    order = order[torch.argsort(batch[candidates][order], stable=True)]
-    ranked = candidates[order]
-    images = batch[ranked]
-    counts = torch.bincount(images)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(ranked.numel(), device=ranked.device) - starts[images]
+    """bool (N,): at most `budget` of the `expand` nodes per batch index, those of highest `score`. No host
+    synchronisation: every node is ranked within its image (candidates first, by score), none is looked up."""
+    masked = torch.where(expand, score.float(), float("-inf"))
+    order = torch.argsort(masked, descending=True, stable=True)
+    order = order[torch.argsort(batch[order], stable=True)]  # by image, candidates by score within each image
+    images = batch[order]
+    rank = torch.arange(order.numel(), device=order.device) - torch.searchsorted(images, images)
     kept = torch.zeros_like(expand)
-    kept[ranked[rank < budget]] = True
-    return kept
+    kept[order] = rank < budget
+    return kept & expand

@@ -17,6 +17,7 @@ the class from `MODEL_CLASSES`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -233,9 +234,11 @@ class DenseTwin(QGN):
         cells = [batch * m.shape[2] * m.shape[3] for m in maps] + [0] * (depth - last_level)
         full_logits = maps[-1] if last_level == depth else None
         if rule is None and last_level == depth:
-            labels = full_logits.argmax(1)[:, :image_size[0], :image_size[1]]
+            labels = full_logits.argmax(1)  # on the padded grid: images smaller than a root cell work too
+            labels[:, image_size[0]:] = self.config.ignore_index
+            labels[:, :, image_size[1]:] = self.config.ignore_index
             tree = qt.encode(labels, depth, ignore_index=self.config.ignore_index)
-            return Decoding(tree, [], cells, full_logits)
+            return Decoding(dataclasses.replace(tree, image_size=tuple(image_size)), [], cells, full_logits)
         rule = argmax_rule(self.mixed_class) if rule is None else rule
         h0, w0 = maps[0].shape[2:]
         geometry = SparseGeometry.grid(batch, (h0, w0), images.device)

@@ -18,6 +18,7 @@ What a prediction costs (MACs, time, peak memory) is measured around it, not ins
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,10 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
     model.check_images(padded)
     rule = expansion_rule(model.mixed_class, threshold, budget, oracle_tree)
     decoding = model.decode(padded, model.encoder(padded), rule, image_size, max_depth)
-    return Prediction(qt.decode(decoding.tree, dtype=torch.int64), decoding.tree, decoding.nodes_per_level)
+    # the returned tree drops the rulebooks the decoder kept with its levels (9 int64 per node and more)
+    tree = dataclasses.replace(decoding.tree, levels=tuple(
+        qt.QuadtreeLevel(level.coords, level.labels, level.parent) for level in decoding.tree.levels))
+    return Prediction(qt.decode(tree, dtype=torch.int64), tree, decoding.nodes_per_level)
 
 
 def check_predict_args(model, images, max_depth, threshold, budget, oracle_tree) -> int:

@@ -4,7 +4,7 @@ prediction at its uncertain pixels.
 A frozen base network runs on the image downscaled by `base_scale`; its logits are resized to full resolution
 (nearest, as the original; or bilinear). The selector keeps the pixels whose softmax entropy
 H = -sum p log max(p, 1e-5) exceeds `tau` (or, with a budget, the K most uncertain pixels of each image), never a
-pixel of the padding. A sparse U-Net (`SparseUNet`) runs over the selected full-resolution pixels only, on their
+pixel outside `valid` (the image without the padding a collate added). A sparse U-Net (`SparseUNet`) runs over the selected full-resolution pixels only, on their
 normalised intensities; a gated ensembler mixes base and refiner logits per site:
 w = softmax(MLP[2(C+1) -> 64 -> 2]([softmax(l1), H1, softmax(l2), H2])), output = MLP[C -> 64 -> C](w1 l1 + w2 l2),
 and the mixed logits replace the base logits at the selected pixels. Training: the base frozen and run under
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import quadtree as qt
+from qgn.model import DenseTwin
 from sparse_ops import NodeBatchNorm, SparseGeometry, SubMConv2d
 from sparse_ops.strided import StridedConv2d, TransposedConv2d
 
@@ -169,15 +171,15 @@ class EngineBase(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        import quadtree as qt
-
         height, width = images.shape[2:]
         padded = qt.pad_to_multiple(images, 1 << self.model.config.depth, mode="replicate")
-        decoding = self.model.decode(padded, self.model.encoder(padded), None, (height, width))
-        if decoding.full_logits is not None:
-            return decoding.full_logits[:, :, :height, :width]
-        return paint_logits(decoding.tree, decoding.level_logits, self.model.config.num_classes)[:, :, :height,
-                                                                                                 :width]
+        features = self.model.encoder(padded)
+        if isinstance(self.model, DenseTwin):
+            logits = self.model.dense_maps(padded, features)[-1]
+        else:
+            decoding = self.model.decode(padded, features, None, (height, width))
+            logits = paint_logits(decoding.tree, decoding.level_logits, self.model.config.num_classes)
+        return logits[:, :, :height, :width]
 
 
 def paint_logits(tree, level_logits: list[torch.Tensor], num_classes: int) -> torch.Tensor:

@@ -258,9 +258,9 @@ def child_coords(parent_coords: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def _child_steps(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """int32 (3,) scale (1, 2, 2) and (4, 3) offsets (0, dy, dx) of the children, made once per device."""
-    offsets = torch.zeros(4, 3, dtype=torch.int32)
-    offsets[:, 1:] = CHILD_OFFSETS
-    return torch.tensor([1, 2, 2], dtype=torch.int32, device=device), offsets.to(device)
+    offsets = torch.zeros(4, 3, dtype=torch.int32, device=device)
+    offsets[:, 1:] = CHILD_OFFSETS.to(device)
+    return torch.tensor([1, 2, 2], dtype=torch.int32, device=device), offsets
 
 
 def flat_index(coords: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Sparse ops on the nodes of quadtree levels: submanifold convs (spconv or pure PyTorch), stride-2 sparse convs
-down to the halved site set and transposed back up, parent -> children projection, dense <-> node transfers, node
-selection, batch norm over nodes, and a residual block.
+down to the halved site set and transposed back up, parent -> children projection, dense <-> node transfers, batch
+norm over nodes, and a residual block.
 
 Every op takes the features of a level, (N, C) - one row per node - and the level's `SparseGeometry`: the nodes'
 (batch, y, x) coords on the level grid with the rulebooks derived from them. A quadtree keeps the geometry of each

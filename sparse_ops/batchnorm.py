@@ -64,10 +64,18 @@ class NodeBatchNorm(nn.BatchNorm1d):
 
 
 class FoldedBatchNorm(nn.Identity):
-    """A batch norm folded into the convolution before it (`fold_batch_norm`): the identity, sparse and dense."""
+    """A batch norm folded into the convolution before it (`fold_batch_norm`): the identity, sparse and dense.
+    Inference only: training the folded network would train it without batch norm, so train mode is refused."""
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def train(self, mode: bool = True) -> "FoldedBatchNorm":
+        if mode:
+            raise RuntimeError("this network's batch norms are folded into its convolutions (inference only, e.g. "
+                               "load_predictor's); to train or fine-tune, load the checkpoint with "
+                               "qgn.checkpoint.load_model")
+        return super().train(False)
 
 
 @torch.no_grad()

@@ -51,11 +51,7 @@ def _check_expand_args(feats, weight, bias) -> None:
                          f"F.conv_transpose2d) but feats has {feats.shape[1]} channels")
     if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (weight.shape[1],)):
         raise ValueError(f"bias must be None or of shape ({weight.shape[1]},)")
-    for name, tensor in (("weight", weight), ("bias", bias)):
-        if tensor is not None and (tensor.dtype != feats.dtype or tensor.device != feats.device):
-            raise ValueError(f"{name} is {tensor.dtype} on {tensor.device} but feats {feats.dtype} on {feats.device}")
-
-
+    _backend.check_like_feats(feats, weight=weight, bias=bias)
 
 
 class ExpandChildren(nn.Module):

@@ -6,7 +6,7 @@ weight taps). Two representations:
 
 - `neighbour_table`: (N, k*k) int64, the row of the neighbour at each tap, or N (a sentinel row of zeros
   appended to the features) where that neighbour is inactive or off the grid. Built from a dense index map of
-  the (batch, h, w) grid - used by the pure-PyTorch backend.
+  the (batch, h, w) grid with a border of sentinels - used by the pure-PyTorch backend.
 - `spconv_rulebook`: spconv's own indice pairs (an `IndiceData` for the Native algorithm, an
   `ImplicitGemmIndiceData` for the implicit-GEMM ones), so its kernels can be called with our weights.
 

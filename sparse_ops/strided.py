@@ -126,7 +126,7 @@ def dense_transposed_conv2d(feats, coarse: SparseGeometry, fine: SparseGeometry,
 
 
 # ---- neighbour tables ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stride2Tables:
     """The tap relation between a fine and a coarse geometry for a k x k stride-2 kernel (module docstring).
 

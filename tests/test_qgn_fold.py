@@ -57,3 +57,10 @@ def test_fold_pair_matches_conv_then_batch_norm():
     folded = fold_batch_norm(torch.nn.Sequential(conv, bn))
     torch.testing.assert_close(folded[0].forward_dense(x), expected, rtol=1e-5, atol=1e-5)
     assert isinstance(folded[1], FoldedBatchNorm)
+
+
+def test_a_folded_network_refuses_to_train():
+    folded = fold_batch_norm(trained_like("qgn"))
+    with pytest.raises(RuntimeError, match="load_model"):
+        folded.train()
+    folded.eval()  # inference stays possible
