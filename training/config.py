@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from qgn.config import QGNConfig, config_from_dict
+from quadtree.io import atomic_write
 from qgn.precision import AMP_DTYPES
 from training.datasets import DataConfig
 from training.loss import LossConfig
@@ -89,7 +90,9 @@ class RunConfig:
                    train=config_from_dict(TrainConfig, values.get("train") or {}, "train"))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.as_dict(), sort_keys=False))
+        """Write the YAML atomically (`--resume` reads it: never a half-written file)."""
+        text = yaml.safe_dump(self.as_dict(), sort_keys=False).encode()
+        atomic_write(path, lambda f: f.write(text))
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
