@@ -10,13 +10,13 @@ Under `torch.autocast` the matmul follows autocast's rules (float32 inputs cast 
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sparse_ops import backend as _backend
+from sparse_ops.init import reset_conv_parameters
 
 
 def expand_children(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,10 +74,7 @@ class ExpandChildren(nn.Module):
 
     def reset_parameters(self) -> None:
         """`nn.ConvTranspose2d`'s initialisation (its fan_in is weight.size(1) * 2 * 2 = C_out * 4)."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.out_channels * 4)
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_conv_parameters(self.weight, self.bias, self.out_channels * 4)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return expand_children(feats, self.weight, self.bias)

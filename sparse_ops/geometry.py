@@ -89,19 +89,19 @@ class SparseGeometry:
             parent: int64 (N,), the coarse row of each site (coarse.coords[parent[i]] = (b, y // 2, x // 2) of row i).
         Built on first call (one sort) and kept with this geometry, so every call returns the same objects.
         """
-        key = ("geometry", "downsampled")
-        if key not in self._cache:
-            h, w = self.spatial_shape
-            shape = ((h + 1) // 2, (w + 1) // 2)
-            halved = self.coords.long()
-            halved = torch.stack([halved[:, 0], halved[:, 1] // 2, halved[:, 2] // 2], dim=1)
-            keys, parent = torch.unique(quadtree.flat_index(halved, shape), sorted=True, return_inverse=True)
-            yx, x = keys.div(shape[1], rounding_mode="floor"), keys.remainder(shape[1])
-            b, y = yx.div(shape[0], rounding_mode="floor"), yx.remainder(shape[0])
-            coords = torch.stack([b, y, x], dim=1).to(torch.int32).contiguous()
-            # unique sorted keys of in-grid cells: unique, in-grid and in (batch, y, x) order by construction
-            self._cache[key] = (SparseGeometry._trusted(coords, shape, self.batch_size), parent.reshape(-1))
-        return self._cache[key]
+        return self.derived(("geometry", "downsampled"), self._downsample)
+
+    def _downsample(self) -> tuple["SparseGeometry", torch.Tensor]:
+        h, w = self.spatial_shape
+        shape = ((h + 1) // 2, (w + 1) // 2)
+        halved = self.coords.long()
+        halved = torch.stack([halved[:, 0], halved[:, 1] // 2, halved[:, 2] // 2], dim=1)
+        keys, parent = torch.unique(quadtree.flat_index(halved, shape), sorted=True, return_inverse=True)
+        yx, x = keys.div(shape[1], rounding_mode="floor"), keys.remainder(shape[1])
+        b, y = yx.div(shape[0], rounding_mode="floor"), yx.remainder(shape[0])
+        coords = torch.stack([b, y, x], dim=1).to(torch.int32).contiguous()
+        # unique sorted keys of in-grid cells: unique, in-grid and in (batch, y, x) order by construction
+        return SparseGeometry._trusted(coords, shape, self.batch_size), parent.reshape(-1)
 
     # ---- properties --------------------------------------------------------------------------------------------
     @property
@@ -131,23 +131,22 @@ class SparseGeometry:
         """The cache key of a submanifold rulebook, derived from the kernel geometry: "subm_k{k}_d{d}"."""
         return f"subm_k{int(kernel_size)}_d{int(dilation)}"
 
+    def derived(self, key: tuple, build):
+        """What `build()` derives from these sites, built on first use and kept under `key` (a tuple naming what
+        it derives from, e.g. ("torch", "subm_k3_d1")): every later call with the key returns the same object."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
     def neighbour_table(self, kernel_size: int, dilation: int) -> torch.Tensor:
         """int64 (N, k*k) neighbour rows, N for missing neighbours (see `rulebook.neighbour_table`); cached."""
-        key = ("torch", self.indice_key(kernel_size, dilation))
-        if key not in self._cache:
-            self._cache[key] = rulebook.neighbour_table(
-                self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation
-            )
-        return self._cache[key]
+        return self.derived(("torch", self.indice_key(kernel_size, dilation)), lambda: rulebook.neighbour_table(
+            self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation))
 
     def spconv_rulebook(self, kernel_size: int, dilation: int):
         """spconv's indice data for a submanifold conv (see `rulebook.spconv_rulebook`); cached."""
-        key = ("spconv", self.indice_key(kernel_size, dilation))
-        if key not in self._cache:
-            self._cache[key] = rulebook.spconv_rulebook(
-                self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation
-            )
-        return self._cache[key]
+        return self.derived(("spconv", self.indice_key(kernel_size, dilation)), lambda: rulebook.spconv_rulebook(
+            self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation))
 
     def to_spconv_tensor(self, feats: torch.Tensor):
         """A `spconv.pytorch.SparseConvTensor` of `feats` (N, C) on these sites.

@@ -33,7 +33,6 @@ the autocast dtype, output in that dtype; weight gradients accumulated in float3
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass
 
@@ -43,10 +42,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from sparse_ops import backend as _backend
+from sparse_ops.init import reset_conv_parameters
 from sparse_ops.gather import scatter_dense
 from sparse_ops.geometry import SparseGeometry
 from sparse_ops.reference import read_sites
-from sparse_ops.submanifold import _chunk_rows, _gather_columns, _with_zero_row
+from sparse_ops.im2col import chunk_rows, gather_columns, gathered_product, im2col_matmul, with_zero_row
 
 
 # ---- functional -------------------------------------------------------------------------------------------------
@@ -182,31 +182,22 @@ def stride2_tables(fine: SparseGeometry, coarse: SparseGeometry, kernel_size: in
     (held weakly: the entry goes when the coarse geometry does). `fine.downsampled()[0]` is kept by `fine`, so its
     tables live as long as `fine`."""
     key = ("torch", f"stride2_k{int(kernel_size)}")
-    per_coarse = fine._cache.setdefault(key, weakref.WeakKeyDictionary())
+    per_coarse = fine.derived(key, weakref.WeakKeyDictionary)
     if coarse not in per_coarse:
         per_coarse[coarse] = build_stride2_tables(fine, coarse, kernel_size)
     return per_coarse[coarse]
 
 
 # ---- autograd implementation --------------------------------------------------------------------------------------
-def _gather_down(x: torch.Tensor, down: torch.Tensor, wmat: torch.Tensor) -> torch.Tensor:
+def _gather_down(x: torch.Tensor, tables: Stride2Tables, wmat: torch.Tensor) -> torch.Tensor:
     """out[j] = sum_t x[down[j, t]] @ wmat[t] (the zero row where down is N): (N_coarse, D). x (N_fine, C), wmat
-    (kk, C, D). Im2col in row chunks."""
-    padded = _with_zero_row(x)
-    w2 = wmat.reshape(-1, wmat.shape[2])
-    n = down.shape[0]
-    step = _chunk_rows(down, x.shape[1])
-    if step >= n:
-        return _gather_columns(padded, down) @ w2
-    out = x.new_empty(n, w2.shape[1])
-    for start in range(0, n, step):
-        torch.mm(_gather_columns(padded, down[start:start + step]), w2, out=out[start:start + step])
-    return out
+    (kk, C, D)."""
+    return im2col_matmul(x, tables.down, wmat.reshape(-1, wmat.shape[2]))
 
 
 def _gather_up(x: torch.Tensor, tables: Stride2Tables, wmat: torch.Tensor) -> torch.Tensor:
     """out[i] = sum_t x[up[i, t]] @ wmat[t] over the taps of i's parity class: (N_fine, D). x (N_coarse, C)."""
-    padded = _with_zero_row(x)
+    padded = with_zero_row(x)
     # a class that no tap reaches (k = 1: the odd rows and columns) stays zero
     reached = all(taps.shape[0] > 0 for _, taps, _ in tables.up)
     out = (x.new_empty if reached else x.new_zeros)(tables.num_fine, wmat.shape[2])
@@ -214,31 +205,10 @@ def _gather_up(x: torch.Tensor, tables: Stride2Tables, wmat: torch.Tensor) -> to
         if rows.shape[0] == 0 or taps.shape[0] == 0:
             continue
         w2 = wmat[taps].reshape(-1, wmat.shape[2])  # (T * C, D): the class's taps only
-        step = _chunk_rows(table, x.shape[1])
+        step = chunk_rows(table, x.shape[1])
         for start in range(0, rows.shape[0], step):
-            out.index_copy_(0, rows[start:start + step], _gather_columns(padded, table[start:start + step]) @ w2)
+            out.index_copy_(0, rows[start:start + step], gather_columns(padded, table[start:start + step]) @ w2)
     return out
-
-
-def _gathered_product(left: torch.Tensor, right: torch.Tensor, down: torch.Tensor, gathered_left: bool):
-    """sum over coarse rows j of cols[j]^T right[j] (gathered_left: cols = im2col(left, down), (kk*C, D)) or of
-    left[j]^T cols[j] (cols = im2col(right, down), (C, kk*D)), in row chunks of `down`. Half-precision chunk products
-    are summed in float32: a bfloat16 sum over all sites would lose the small terms."""
-    gathered = left if gathered_left else right
-    padded = _with_zero_row(gathered)
-    kk = down.shape[1]
-    shape = (kk * left.shape[1], right.shape[1]) if gathered_left else (left.shape[1], kk * right.shape[1])
-    low = left.dtype in (torch.float16, torch.bfloat16)
-    acc = left.new_zeros(shape, dtype=torch.float32 if low else left.dtype)
-    step = _chunk_rows(down, gathered.shape[1])
-    for start in range(0, down.shape[0], step):
-        cols = _gather_columns(padded, down[start:start + step])
-        a, b = (cols.t(), right[start:start + step]) if gathered_left else (left[start:start + step].t(), cols)
-        if low:
-            acc += torch.mm(a, b)
-        else:
-            acc.addmm_(a, b)
-    return acc
 
 
 class _Stride2Conv(torch.autograd.Function):
@@ -250,7 +220,7 @@ class _Stride2Conv(torch.autograd.Function):
     def forward(ctx, feats, wmat, tables: Stride2Tables, transposed: bool):
         ctx.save_for_backward(feats, wmat)
         ctx.tables, ctx.transposed = tables, transposed
-        return _gather_up(feats, tables, wmat) if transposed else _gather_down(feats, tables.down, wmat)
+        return _gather_up(feats, tables, wmat) if transposed else _gather_down(feats, tables, wmat)
 
     @staticmethod
     @once_differentiable
@@ -261,15 +231,15 @@ class _Stride2Conv(torch.autograd.Function):
         grad_feats = grad_wmat = None
         if ctx.needs_input_grad[0]:
             adjoint = wmat.transpose(1, 2)  # (kk, C_out, C_in)
-            grad_feats = (_gather_down(grad_out, tables.down, adjoint) if transposed
+            grad_feats = (_gather_down(grad_out, tables, adjoint) if transposed
                           else _gather_up(grad_out, tables, adjoint))
         if ctx.needs_input_grad[1]:
             kk, c_in, c_out = wmat.shape
             if transposed:  # grad_wmat[t] = sum_j feats[j]^T grad_out[down[j, t]]: coarse feats x gathered grad
-                grad_wmat = _gathered_product(feats, grad_out, tables.down, gathered_left=False)
+                grad_wmat = gathered_product(feats, grad_out, tables.down, gathered_left=False)
                 grad_wmat = grad_wmat.view(c_in, kk, c_out).transpose(0, 1)
             else:  # grad_wmat[t] = sum_j feats[down[j, t]]^T grad_out[j]: gathered fine feats x coarse grad
-                grad_wmat = _gathered_product(feats, grad_out, tables.down, gathered_left=True).view(kk, c_in, c_out)
+                grad_wmat = gathered_product(feats, grad_out, tables.down, gathered_left=True).view(kk, c_in, c_out)
             grad_wmat = grad_wmat.to(wmat.dtype)
         return grad_feats, grad_wmat, None, None
 
@@ -351,12 +321,8 @@ class StridedConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The initialisation of `nn.Conv2d` (Kaiming-uniform weight, uniform bias in +-1/sqrt(fan_in))."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size ** 2
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        """The initialisation of `nn.Conv2d`."""
+        reset_conv_parameters(self.weight, self.bias, self.in_channels * self.kernel_size ** 2)
 
     def forward(self, feats: torch.Tensor, fine: SparseGeometry, coarse: SparseGeometry) -> torch.Tensor:
         return strided_conv2d(feats, fine, coarse, self.weight, self.bias)
@@ -402,11 +368,7 @@ class TransposedConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """`nn.ConvTranspose2d`'s initialisation (its fan_in is weight.size(1) * k * k = C_out * k * k)."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.out_channels * self.kernel_size ** 2
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_conv_parameters(self.weight, self.bias, self.out_channels * self.kernel_size ** 2)
 
     def forward(self, feats: torch.Tensor, coarse: SparseGeometry, fine: SparseGeometry) -> torch.Tensor:
         return transposed_conv2d(feats, coarse, fine, self.weight, self.bias)

@@ -17,7 +17,6 @@ has no bfloat16 kernels); its weight gradient is accumulated over row chunks in 
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +24,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from sparse_ops import backend as _backend
+from sparse_ops.init import reset_conv_parameters
 from sparse_ops.geometry import SparseGeometry
-
-_CHUNK_ELEMENTS = 1 << 22
-"""Elements of one gathered im2col block of the torch backend (16 MB in float32)."""
-
+from sparse_ops.im2col import gathered_product, im2col_matmul
 
 def submanifold_conv2d(
     feats: torch.Tensor,
@@ -100,34 +97,6 @@ def _spconv_subm(feats: torch.Tensor, geometry: SparseGeometry, weight: torch.Te
     )
 
 
-def _with_zero_row(feats: torch.Tensor) -> torch.Tensor:
-    """(N + 1, C): `feats` and a row of zeros, the row the sentinel N of a neighbour table reads."""
-    return F.pad(feats, (0, 0, 0, 1))
-
-
-def _gather_columns(padded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(n, kk * C) im2col block: padded[rows[i, t]] side by side; the sentinel N reads the zero row of `padded`
-    (N + 1, C). One gather and no data-dependent index: no host synchronisation on a GPU (measured on CPU as fast
-    as or faster than zeroing the missing entries after the gather, which needed a nonzero per chunk)."""
-    return padded.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1] * padded.shape[1])
-
-
-def _chunk_rows(table: torch.Tensor, channels: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // (table.shape[1] * channels))
-
-
-def _im2col_matmul(feats: torch.Tensor, table: torch.Tensor, wmat: torch.Tensor) -> torch.Tensor:
-    """out[i] = concat_t(feats[table[i, t]] or 0) @ wmat, in row chunks. feats (N, C), wmat (kk * C, C_out)."""
-    padded = _with_zero_row(feats)
-    step = _chunk_rows(table, feats.shape[1])
-    if step >= feats.shape[0]:
-        return _gather_columns(padded, table) @ wmat
-    out = feats.new_empty(feats.shape[0], wmat.shape[1])
-    for start in range(0, feats.shape[0], step):
-        torch.mm(_gather_columns(padded, table[start:start + step]), wmat, out=out[start:start + step])
-    return out
-
-
 def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     """(C_out, C_in, k, k) -> (k*k*C_in, C_out), rows ordered (tap, c_in) like the gathered columns."""
     c_out, c_in, k, _ = weight.shape
@@ -141,7 +110,7 @@ class _TorchSubmConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feats, weight, table):
         ctx.save_for_backward(feats, weight, table)
-        return _im2col_matmul(feats, table, _weight_matrix(weight))
+        return im2col_matmul(feats, table, _weight_matrix(weight))
 
     @staticmethod
     @once_differentiable
@@ -151,21 +120,11 @@ class _TorchSubmConv(torch.autograd.Function):
         grad_feats = grad_weight = None
         if ctx.needs_input_grad[0]:
             flipped = weight.flip(2, 3).transpose(0, 1)  # (C_in, C_out, k, k)
-            grad_feats = _im2col_matmul(grad_out, table, _weight_matrix(flipped))
+            grad_feats = im2col_matmul(grad_out, table, _weight_matrix(flipped))
         if ctx.needs_input_grad[1]:
             c = feats.shape[1]
             c_out, _, k, _ = weight.shape
-            # half-precision chunks are summed in float32: a sum over N sites in bfloat16 would lose the small ones
-            low = feats.dtype in (torch.float16, torch.bfloat16)
-            gmat = feats.new_zeros(k * k * c, c_out, dtype=torch.float32 if low else feats.dtype)
-            step = _chunk_rows(table, c)
-            padded = _with_zero_row(feats)
-            for start in range(0, feats.shape[0], step):
-                cols = _gather_columns(padded, table[start:start + step]).t()
-                if low:
-                    gmat += torch.mm(cols, grad_out[start:start + step])
-                else:
-                    gmat.addmm_(cols, grad_out[start:start + step])
+            gmat = gathered_product(feats, grad_out, table, gathered_left=True)  # (k * k * C_in, C_out)
             grad_weight = gmat.reshape(k, k, c, c_out).permute(3, 2, 0, 1).to(weight.dtype)
         return grad_feats, grad_weight, None
 
@@ -231,12 +190,8 @@ class SubMConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The initialisation of `nn.Conv2d` (Kaiming-uniform weight, uniform bias in +-1/sqrt(fan_in))."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size * self.kernel_size
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        """The initialisation of `nn.Conv2d`."""
+        reset_conv_parameters(self.weight, self.bias, self.in_channels * self.kernel_size ** 2)
 
     def forward(self, feats: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
         return submanifold_conv2d(feats, geometry, self.weight, self.bias, self.dilation, self.backend)

@@ -128,7 +128,7 @@ def test_sites_in_any_order(k):
 @pytest.mark.parametrize("k", KERNELS)
 def test_chunked_paths_match_dense(k, monkeypatch):
     """Blocks of a few rows: the chunk loops of the forward, input- and weight-gradient passes."""
-    monkeypatch.setattr("sparse_ops.submanifold._CHUNK_ELEMENTS", 5 * 3 * k * k)
+    monkeypatch.setattr("sparse_ops.im2col.CHUNK_ELEMENTS", 5 * 3 * k * k)
     fine = random_geometry(2, 15, 13, 0.4, seed=6)
     check_both_ops(fine, fine.downsampled()[0], k, seed=7)
 
@@ -212,7 +212,7 @@ def test_autocast_runs_in_the_low_precision(device, dtype, k, transposed, monkey
     """Under autocast the op computes in `dtype` with float32 accumulation (chunked here: the weight gradient is a
     sum of chunk products): outputs and gradients within `dtype`'s rounding bound of the exact op on the rounded
     inputs, and float32 leaves get float32 gradients."""
-    monkeypatch.setattr("sparse_ops.submanifold._CHUNK_ELEMENTS", 16 * 32 * k * k)
+    monkeypatch.setattr("sparse_ops.im2col.CHUNK_ELEMENTS", 16 * 32 * k * k)
     fine = random_geometry(2, 41, 39, 0.3, seed=k)
     coarse = fine.downsampled()[0]
     op, reference = (transposed_conv2d, dense_transposed_conv2d) if transposed else (strided_conv2d,

@@ -110,7 +110,7 @@ def test_autocast_runs_in_the_low_precision(device, dtype, backend, k, dilation,
     accumulation: within `dtype`'s rounding bound of the exact conv of the rounded inputs; gradients too, and
     float32 parameters get float32 gradients. The torch backend works in chunks of 16 rows here, so its
     outputs and gradients go through the chunked paths (the weight gradient is a sum of ~70 chunk products)."""
-    monkeypatch.setattr("sparse_ops.submanifold._CHUNK_ELEMENTS", 16 * 32 * k * k)
+    monkeypatch.setattr("sparse_ops.im2col.CHUNK_ELEMENTS", 16 * 32 * k * k)
     coords, feats, weight, bias = conv_inputs(k, seed=1)
     grad = torch.randn(coords.shape[0], 16, generator=torch.Generator().manual_seed(6))
     out, grads = sparse_conv_and_grads(coords, feats, weight, bias, dilation, grad, backend, device, dtype)
