@@ -10,7 +10,6 @@ Under `torch.autocast` the matmul follows autocast's rules (float32 inputs cast 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

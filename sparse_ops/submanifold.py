@@ -17,7 +17,6 @@ has no bfloat16 kernels); its weight gradient is accumulated over row chunks in 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
