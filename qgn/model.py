@@ -55,19 +55,6 @@ class Decoding:
     full_logits: torch.Tensor | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class QGNOutput:
-    """Per-level logits aligned row by row with `tree.levels[l]`, and (dense model only) full-res logits.
-
-    Attributes:
-        level_logits: depth + 1 tensors (N_l, C + 1), the last (N_depth, C).
-        full_logits: float (B, C, H, W) for the dense model (every pixel supervised), else None.
-    """
-
-    level_logits: list[torch.Tensor]
-    full_logits: torch.Tensor | None = None
-
-
 class DecoderLevel(nn.Module):
     """One level of the decoder (see the module docstring).
 
@@ -125,7 +112,7 @@ class QGN(nn.Module):
     """The QGN network.
 
     Shape:
-        forward(images float (B, C_in, H, W), tree: Quadtree of the same batch and padded size) -> QGNOutput whose
+        forward(images float (B, C_in, H, W), tree: Quadtree of the same batch and padded size) -> Decoding whose
         level logits are aligned with the nodes of `tree` (the decoder grows exactly that tree's structure).
         H and W must be multiples of 2**depth (`qgn.predict.predict` pads other sizes itself).
     """
@@ -160,7 +147,7 @@ class QGN(nn.Module):
             raise ValueError(f"image size {tuple(images.shape[2:])} must be a multiple of 2**depth = {cell}; crop "
                              f"or pad the images (qgn.predict.predict pads automatically)")
 
-    def forward(self, images: torch.Tensor, tree: qt.Quadtree) -> QGNOutput:
+    def forward(self, images: torch.Tensor, tree: qt.Quadtree) -> Decoding:
         self.check_images(images)
         if tree.batch_size != images.shape[0] or tree.padded_size != tuple(images.shape[2:]):
             raise ValueError(f"the tree (batch {tree.batch_size}, padded size {tree.padded_size}) does not match the "
@@ -168,8 +155,7 @@ class QGN(nn.Module):
                              f"of these images with depth {self.config.depth}")
         if tree.depth != self.config.depth:
             raise ValueError(f"the tree has depth {tree.depth} but the model depth {self.config.depth}")
-        decoding = self.decode(images, self.encoder(images), follow_tree(tree), tree.image_size)
-        return QGNOutput(decoding.level_logits, decoding.full_logits)
+        return self.decode(images, self.encoder(images), follow_tree(tree), tree.image_size)
 
     def predict(self, images: torch.Tensor, max_depth: int | None = None, threshold: float | None = None,
                 budget: int | None = None, oracle_tree: qt.Quadtree | None = None) -> Prediction:
@@ -208,7 +194,7 @@ class DenseTwin(QGN):
     """QGN's layers with the same weights, run at every cell of every level with dense torch ops.
 
     Shape:
-        forward(images, tree) -> QGNOutput with full_logits (B, C, H, W) and level logits read at `tree`'s nodes.
+        forward(images, tree) -> Decoding with full_logits (B, C, H, W) and level logits read at `tree`'s nodes.
     """
 
     def dense_maps(self, images: torch.Tensor, features: list[torch.Tensor], last_level: int | None = None
