@@ -39,6 +39,7 @@ from torch import nn
 import harness
 from inputs import DEPTH, NUM_CLASSES, load_inputs
 from qgn import QGNConfig, build_model
+from qgn.cost import conv2d_macs as cost_conv2d_macs
 from qgn.cost import prediction_macs
 from qgn.precision import AMP_DTYPES, autocast, grad_scaler, set_fp32_math
 from qgn.predict import predict
@@ -102,24 +103,10 @@ NETWORKS = {"qgn": QuadtreeNetwork("qgn"), "dense": QuadtreeNetwork("dense"), "s
 
 
 def conv2d_macs(model: nn.Module, images: torch.Tensor) -> int:
-    """MACs of one forward pass: output elements x C_in / groups x kh x kw summed over every nn.Conv2d call -
-    the count `qgn.cost.dense_conv_macs` makes for QGN's encoder and root (forward hooks; that one runs
-    on the meta device with autograd on, so the stem is never striped)."""
-    total = [0]
-
-    def hook(conv, inputs, output):
-        kh, kw = conv.kernel_size
-        total[0] += output.numel() * (conv.in_channels // conv.groups) * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total[0]
+    """MACs of one forward pass in eval mode, counted as QGN's dense part is (`qgn.cost.conv2d_macs`)."""
+    model.eval()
+    with torch.no_grad():
+        return cost_conv2d_macs(model, lambda: model(images))
 
 
 _TORCHVISION_SHIM = []

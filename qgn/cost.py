@@ -88,21 +88,32 @@ def dense_conv_macs(model, padded_shape: tuple[int, int, int, int]) -> int:
     """MACs of every nn.Conv2d of the encoder, root and root head on images of `padded_shape`, counted by hooks in a
     run on the meta device (shapes only; no memory, no arithmetic; grad mode, so the stem is never striped)."""
     dense = _DensePart(model)
-    total = [0]
-
-    def hook(conv, inputs, output):
-        kh, kw = conv.kernel_size
-        total[0] += output.numel() * (conv.in_channels // conv.groups) * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in dense.modules() if isinstance(m, nn.Conv2d)]
     state = {name: t.to("meta") for name, t in [*dense.named_parameters(), *dense.named_buffers()]}
-    try:
+
+    def run():
         with torch.enable_grad():
             torch.func.functional_call(dense, state, (torch.empty(padded_shape, device="meta"),))
+
+    return conv2d_macs(dense, run)
+
+
+def conv2d_macs(module: nn.Module, run) -> int:
+    """MACs of every nn.Conv2d call inside `module` while `run()` runs: output elements x C_in / groups x kh x kw
+    (the count of both QGN's dense part and the benchmarks' Unet peer)."""
+    total = 0
+
+    def hook(conv, inputs, output):
+        nonlocal total
+        kh, kw = conv.kernel_size
+        total += output.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        run()
     finally:
         for handle in handles:
             handle.remove()
-    return total[0]
+    return total
 
 
 class TensorMemoryTracker(TorchDispatchMode):
