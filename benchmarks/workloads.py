@@ -40,7 +40,7 @@ import harness
 from inputs import DEPTH, NUM_CLASSES, load_inputs
 from qgn import QGNConfig, build_model
 from qgn.cost import conv2d_macs as cost_conv2d_macs
-from qgn.cost import prediction_macs
+from qgn.cost import quadtree_macs
 from qgn.precision import AMP_DTYPES, autocast, grad_scaler, set_fp32_math
 from qgn.predict import predict
 from sparse_ops import BACKENDS, spconv_available
@@ -73,7 +73,7 @@ class QuadtreeNetwork:
         """(MACs, nodes per level) of the inference at `depth`."""
         nodes_per_level = list(self.infer(model.eval(), images, tree, depth))
         # the images are multiples of 2**depth (harness.parse_sizes): their padded shape is their shape
-        return prediction_macs(model, tuple(images.shape), nodes_per_level), nodes_per_level
+        return quadtree_macs(model, tuple(images.shape), nodes_per_level), nodes_per_level
 
 
 class UnetNetwork:

@@ -4,7 +4,8 @@ import quadtree  # noqa: F401  (first: sets the OpenMP wait policy before torch 
 
 from qgn.config import QGNConfig
 from qgn.cost import Cost, measure_predict
-from qgn.model import QGN, Decoding, DenseTwin, build_model
+from qgn.model import QGN, Decoding, DenseTwin
+from qgn.registry import build_model
 from qgn.precision import AMP_DTYPES, autocast, fp32_math
 from qgn.predict import Prediction, predict
 from qgn.predictor import Predictor, load_predictor

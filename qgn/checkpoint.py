@@ -13,7 +13,8 @@ import torch
 
 from quadtree.io import atomic_write
 from qgn.config import QGNConfig
-from qgn.model import QGN, build_model
+from qgn.model import QGN
+from qgn.registry import build_model
 
 FORMAT = "qgn-checkpoint"
 CHECKPOINT_VERSION = 1

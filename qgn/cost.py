@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from qgn.predict import Prediction, predict
+from qgn.model import QGN
+from qgn.predict import Prediction
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,13 @@ class Cost:
 
 
 def measure_predict(model, images: torch.Tensor, **knobs) -> tuple[Prediction, Cost]:
-    """`qgn.predict.predict(model, images, **knobs)` and what it cost (time and memory of the call itself; on CPU
-    the memory tracker's bookkeeping is inside the time - time a second call under `stopwatch` alone for latency)."""
+    """`model.predict(images, **knobs)` (any of the engine's models) and what it cost (time and memory of the call
+    itself; on CPU the memory tracker's bookkeeping is inside the time - time a second call under `stopwatch` alone
+    for latency)."""
     with peak_memory(images.device) as memory, stopwatch(images.device) as clock:
-        prediction = predict(model, images, **knobs)
-    return prediction, Cost(prediction_macs(model, padded_shape(images, prediction), prediction.nodes_per_level),
-                            clock["seconds"], memory["peak_mb"])
-
-
-def padded_shape(images: torch.Tensor, prediction: Prediction) -> tuple[int, int, int, int]:
-    """(B, C, H_pad, W_pad): the shape the network ran on for `prediction` of `images`."""
-    return (images.shape[0], images.shape[1], *prediction.tree.padded_size)
+        prediction = model.predict(images, **knobs)
+    return prediction, Cost(prediction_macs(model, tuple(images.shape), prediction), clock["seconds"],
+                            memory["peak_mb"])
 
 
 @contextmanager
@@ -67,8 +64,17 @@ def stopwatch(device: torch.device | str):
     result["seconds"] = time.perf_counter() - started
 
 
-def prediction_macs(model, padded_shape: tuple[int, int, int, int], nodes_per_level: list[int]) -> int:
-    """MACs of a prediction on images of `padded_shape` (B, C, H_pad, W_pad) that computed `nodes_per_level`."""
+def prediction_macs(model, images_shape: tuple[int, int, int, int], prediction: Prediction) -> int:
+    """MACs of `prediction`, made by `model` (any of the engine's models) of images of `images_shape` (B, C, H, W):
+    QGN and the dense twin `quadtree_macs`, the others their own `prediction_macs`."""
+    if isinstance(model, QGN):
+        return quadtree_macs(model, (*images_shape[:2], *prediction.tree.padded_size), prediction.nodes_per_level)
+    return model.prediction_macs(tuple(images_shape), prediction)
+
+
+def quadtree_macs(model, padded_shape: tuple[int, int, int, int], nodes_per_level: list[int]) -> int:
+    """MACs of a QGN or dense-twin prediction on images of `padded_shape` (B, C, H_pad, W_pad) that computed
+    `nodes_per_level`: the dense part (`dense_conv_macs`) plus nodes x MACs per node per decoder level."""
     decoder = sum(n * level.macs_per_node() for n, level in zip(nodes_per_level[1:], model.levels))
     return dense_conv_macs(model, padded_shape) + decoder
 

@@ -11,8 +11,8 @@ sparse geometry its convolutions used; `decode` returns the tree and the logits 
 
 `DenseTwin` (`config.model == "dense"`) runs the same modules, with the same weights, at every cell of every
 level through their dense twins (`forward_dense`), ending in full-resolution logits: the reference for cost and
-accuracy. It grows the same kind of tree by reading the node logits from its maps. `build_model(config)` picks
-the class from `MODEL_CLASSES`.
+accuracy. It grows the same kind of tree by reading the node logits from its maps. `qgn.registry.build_model`
+builds the class a config names.
 """
 
 from __future__ import annotations
@@ -235,15 +235,6 @@ class DenseTwin(QGN):
             if level < last_level:
                 geometry = geometry.children(chosen)
         return Decoding(growth.tree(), growth.level_logits, cells, full_logits)
-
-
-MODEL_CLASSES = {"qgn": QGN, "dense": DenseTwin}
-"""`QGNConfig.model` -> the network class."""
-
-
-def build_model(config: QGNConfig) -> QGN:
-    """The network `config.model` names (a KeyError-free lookup: the config validated the name)."""
-    return MODEL_CLASSES[config.model](config)
 
 
 class _TreeGrowth:

@@ -19,7 +19,7 @@ What a prediction costs (MACs, time, peak memory) is measured around it, not ins
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,17 +29,25 @@ from qgn.expansion import expansion_rule
 
 @dataclass(frozen=True, eq=False)
 class Prediction:
-    """What a prediction produced.
+    """What a prediction produced - by any model of the engine (QGN, dense twin, SparseRefine, SegBlocks).
 
     Attributes:
         labels: int64 (B, H, W) at the input size.
-        tree: the predicted Quadtree (image_size = (H, W); levels below max_depth are empty).
-        nodes_per_level: nodes computed at each level 0..depth (every cell of the level grid for the dense twin).
+        tree: QGN and the dense twin: the predicted Quadtree (image_size = (H, W); levels below max_depth are
+            empty). None for the other models.
+        nodes_per_level: QGN and the dense twin: nodes computed at each level 0..depth (every cell of the level
+            grid for the dense twin). None for the other models.
+        fine: bool (B, H, W), where the model spent full-resolution compute (SparseRefine: the refined pixels;
+            SegBlocks: the high-resolution blocks); None for QGN and the dense twin (their tree says).
+        stats: per-prediction figures of the model, means over the batch (SparseRefine: "tau",
+            "refined_fraction"; SegBlocks: "high_res_fraction", "target"); evaluation reports their means.
     """
 
     labels: torch.Tensor
-    tree: qt.Quadtree
-    nodes_per_level: list[int]
+    tree: qt.Quadtree | None = None
+    nodes_per_level: list[int] | None = None
+    fine: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)
 
 
 @torch.no_grad()

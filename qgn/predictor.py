@@ -21,7 +21,6 @@ import torch
 from qgn.checkpoint import load_checkpoint, model_from_state
 from qgn.cost import Cost, measure_predict
 from qgn.fold import fold_batch_norm
-from qgn.model import QGN
 from qgn.normalize import NormalizeConfig, check_float_range, match_channels, normalize_image
 from qgn.precision import autocast, check_amp
 from qgn.predict import Prediction
@@ -29,11 +28,12 @@ from qgn.predict import Prediction
 
 @dataclass(eq=False)
 class Predictor:
-    """A trained network (QGN or dense twin, in eval mode, on `device`) with the normalisation of its training data;
+    """A trained network (QGN, dense twin, SparseRefine or SegBlocks; in eval mode, on `device`) with the
+    normalisation of its training data;
     `amp`: precision of its predictions ("off", "fp16" on CUDA, "bf16"; see qgn.precision); `config`: the run's
     config as stored in the checkpoint (sections model, data, loss, train)."""
 
-    model: QGN
+    model: torch.nn.Module
     normalize: NormalizeConfig
     device: torch.device
     amp: str = "off"
@@ -58,29 +58,28 @@ class Predictor:
         return torch.from_numpy(batch).to(self.device)
 
     @torch.no_grad()
-    def predict(self, image, max_depth: int | None = None, threshold: float | None = None,
-                budget: int | None = None):
-        """Labels of raw image(s) at a chosen cost (`qgn.predict.predict`): a `Prediction` (labels int64 (B, H, W),
-        the predicted tree, nodes computed per level), or a list of them for a list of images."""
+    def predict(self, image, **knobs):
+        """Labels of raw image(s) at a chosen cost: a `Prediction`, or a list of them for a list of images.
+
+        `knobs` are those of the model's `predict`: QGN and the dense twin max_depth, threshold, budget
+        (`qgn.predict.predict`); SparseRefine tau, budget, fraction; SegBlocks policy, fraction, scale."""
         if isinstance(image, (list, tuple)):
-            return [self.predict(one, max_depth, threshold, budget) for one in image]
-        return self.predict_prepared(self.prepare(image), max_depth, threshold, budget)
+            return [self.predict(one, **knobs) for one in image]
+        return self.predict_prepared(self.prepare(image), **knobs)
 
     @torch.no_grad()
-    def predict_prepared(self, images: torch.Tensor, max_depth: int | None = None, threshold: float | None = None,
-                         budget: int | None = None):
+    def predict_prepared(self, images: torch.Tensor, **knobs):
         """`predict` of images already through `prepare` (float32 (B, C, H, W) on the device)."""
         with autocast(self.amp, self.device):
-            return self.model.predict(images, max_depth=max_depth, threshold=threshold, budget=budget)
+            return self.model.predict(images, **knobs)
 
     @torch.no_grad()
-    def measure(self, image, max_depth: int | None = None, threshold: float | None = None,
-                budget: int | None = None) -> tuple[Prediction, Cost]:
+    def measure(self, image, **knobs) -> tuple[Prediction, Cost]:
         """`predict` of one image or batch and what the prediction cost: `(Prediction, Cost(macs, seconds,
         peak_memory_mb))` (`qgn.cost.measure_predict`; preparing the image is not counted)."""
         images = self.prepare(image)
         with autocast(self.amp, self.device):
-            return measure_predict(self.model, images, max_depth=max_depth, threshold=threshold, budget=budget)
+            return measure_predict(self.model, images, **knobs)
 
 
 def load_predictor(path: str | Path, device: str | torch.device = "cpu", amp: str = "off") -> Predictor:

@@ -13,6 +13,8 @@ no_grad; loss = CE(refiner logits) + CE(mixed logits) over the selected sites, i
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,33 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import quadtree as qt
-from qgn.model import DenseTwin
+from qgn.config import QGNConfig
+from qgn.model import QGN, DenseTwin
+from qgn.predict import Prediction
 from sparse_ops import NodeBatchNorm, SparseGeometry, SubMConv2d
 from sparse_ops.strided import StridedConv2d, TransposedConv2d
 
 ENTROPY_FLOOR = 1e-5
 """H = -sum p log max(p, 1e-5), as the official code computes it."""
-
-
-@dataclass
-class RefineConfig:
-    base_scale: float = 0.25  # the base runs on the image resized by this factor
-    upsample: str = "nearest"  # how base logits reach full resolution: "nearest" (the original) or "bilinear"
-    tau: float | None = 0.1  # refine where the base's entropy exceeds tau (None: refine_fraction or budget)
-    widths: tuple[int, ...] = (16, 32, 64)  # U-Net widths, finest first (the original: 32 .. 1024, ~79 M params)
-    blocks: int = 1  # pre-activation residual blocks per level, down and up (the original: 2)
-    gate_hidden: int = 64  # hidden width of the ensembler's two MLPs
-
-    def __post_init__(self):
-        self.widths = tuple(self.widths)
-        if self.upsample not in ("nearest", "bilinear"):
-            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
-        if not 0 < self.base_scale <= 1:
-            raise ValueError(f"base_scale must be in (0, 1], got {self.base_scale}")
-        if self.tau is not None and self.tau < 0:
-            raise ValueError(f"tau is an entropy threshold >= 0, got {self.tau}")
-        if not self.widths or self.blocks < 0:
-            raise ValueError("widths needs at least one width and blocks must be >= 0")
 
 
 def entropy(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -92,6 +75,11 @@ class PreActBlock(nn.Module):
         out = self.conv1(F.relu(self.bn1(feats)), geometry)
         out = self.conv2(F.relu(self.bn2(out)), geometry)
         return out + (feats if self.shortcut is None else self.shortcut(feats, geometry))
+
+    def macs_per_site(self) -> int:
+        """Multiply-accumulates per site (both convs and the shortcut; batch norm not counted)."""
+        convs = [self.conv1, self.conv2] + ([] if self.shortcut is None else [self.shortcut])
+        return sum(conv.macs_per_site() for conv in convs)
 
 
 class SparseUNet(nn.Module):
@@ -140,6 +128,16 @@ class SparseUNet(nn.Module):
                 x = block(x, geometry)
         return self.classifier(F.relu(self.norm(x)))
 
+    def macs(self, sites: list[int]) -> int:
+        """Multiply-accumulates of a forward over sites[l] sites at U-Net level l (0: the selected pixels, l: the
+        sites of `downsampled()` applied l times); convs at all k*k taps, as their dense twins."""
+        total = sites[0] * (self.stem.macs_per_site() + sum(b.macs_per_site() for b in self.top)
+                            + self.classifier.in_features * self.classifier.out_features)
+        for level, (down, up) in enumerate(zip(self.down, self.up), start=1):
+            total += sites[level] * (down["conv"].macs_per_site() + sum(b.macs_per_site() for b in down["blocks"]))
+            total += sites[level - 1] * (up["conv"].macs_per_site() + sum(b.macs_per_site() for b in up["blocks"]))
+        return int(total)
+
 
 class GatedEnsembler(nn.Module):
     """Per-site mix of base logits l1 and refiner logits l2 (see the module docstring).
@@ -160,26 +158,37 @@ class GatedEnsembler(nn.Module):
         w = torch.softmax(self.gate(torch.cat(described, 1).to(l1.dtype)), 1)
         return self.out(w[:, :1] * l1 + w[:, 1:] * l2)
 
+    def macs_per_site(self) -> int:
+        """Multiply-accumulates of both MLPs per site."""
+        return sum(layer.in_features * layer.out_features for layer in [*self.gate, *self.out]
+                   if isinstance(layer, nn.Linear))
+
 
 class EngineBase(nn.Module):
     """Any network of this engine (QGN or its dense twin) as a base: images (B, C, h, w) of any size ->
     full-resolution logits (B, C, h, w). The dense twin's are its full-resolution map; QGN's are painted from its
     predicted tree - each pixel takes the class logits of the deepest node computed over it."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: QGN):
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images)[0]
+
+    def run(self, images: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """(logits (B, C, h, w), the nodes the network computed per level 0..depth)."""
         height, width = images.shape[2:]
         padded = qt.pad_to_multiple(images, 1 << self.model.config.depth, mode="replicate")
         features = self.model.encoder(padded)
         if isinstance(self.model, DenseTwin):
-            logits = self.model.dense_maps(padded, features)[-1]
+            maps = self.model.dense_maps(padded, features)
+            logits, nodes = maps[-1], [m.shape[0] * m.shape[2] * m.shape[3] for m in maps]
         else:
             decoding = self.model.decode(padded, features, None, (height, width))
             logits = paint_logits(decoding.tree, decoding.level_logits, self.model.config.num_classes)
-        return logits[:, :, :height, :width]
+            nodes = decoding.nodes_per_level
+        return logits[:, :, :height, :width], nodes
 
 
 def paint_logits(tree, level_logits: list[torch.Tensor], num_classes: int) -> torch.Tensor:
@@ -204,6 +213,7 @@ class Refinement:
         selected: bool (B, H, W), the refined pixels.
         geometry: their sites (N = selected.sum()).
         refiner_logits, mixed_logits: float (N, C), rows in the order of the sites.
+        base_nodes: the nodes the base computed per level when it is a network of this engine, else None.
     """
 
     base_logits: torch.Tensor
@@ -211,6 +221,7 @@ class Refinement:
     geometry: SparseGeometry
     refiner_logits: torch.Tensor
     mixed_logits: torch.Tensor
+    base_nodes: list[int] | None = None
 
     def logits(self) -> torch.Tensor:
         """(B, C, H, W): the base logits with the mixed ones written at the refined pixels."""
@@ -224,60 +235,181 @@ class SparseRefine(nn.Module):
     """A frozen base at low resolution, refined at its uncertain pixels (see the module docstring).
 
     Args:
-        base: any module mapping images (B, C_in, h, w) to logits (B, C, h', w') (resized to (h, w) here); frozen.
-        num_classes, in_channels: C and C_in.
-        config: a RefineConfig.
+        config: a QGNConfig with model "sparserefine": num_classes, in_channels, ignore_index and the base's
+            architecture; `config.refine` the refinement (a RefineConfig).
+        base: None: the engine network `config.refine.base_model` names, built from `config` (its weights are
+            loaded by training from `config.refine.base_checkpoint`, or with this model's state dict). Or any module
+            mapping images (B, C_in, h, w) to logits (B, C, h', w') (resized to (h, w) here). Frozen either way.
     Shape:
-        refine(images (B, C_in, H, W) normalised, tau=None, budget=None, valid=None) -> Refinement.
+        forward(images (B, C_in, H, W) normalised, tree: the target Quadtree) -> Refinement (training: the target's
+            ignored and padded pixels are never selected).
+        refine(images, tau=None, budget=None, valid=None) -> Refinement.
+        predict(images, tau=None, budget=None, fraction=None) -> qgn.predict.Prediction.
     """
 
-    def __init__(self, base: nn.Module, num_classes: int, in_channels: int, config: RefineConfig | None = None):
+    def __init__(self, config: QGNConfig, base: nn.Module | None = None):
         super().__init__()
-        self.config = config or RefineConfig()
-        self.num_classes = num_classes
+        if config.refine is None:
+            raise ValueError("SparseRefine needs a QGNConfig with model='sparserefine' (its refine section)")
+        self.config = config
+        settings = config.refine
+        if base is None:
+            base_config = dataclasses.replace(config, model=settings.base_model, refine=None)
+            base = EngineBase((DenseTwin if settings.base_model == "dense" else QGN)(base_config))
         self.base = base.eval().requires_grad_(False)
-        self.refiner = SparseUNet(in_channels, num_classes, self.config.widths, self.config.blocks)
-        self.ensembler = GatedEnsembler(num_classes, self.config.gate_hidden)
+        self.refiner = SparseUNet(config.in_channels, config.num_classes, settings.widths, settings.blocks)
+        self.ensembler = GatedEnsembler(config.num_classes, settings.gate_hidden)
 
     def train(self, mode: bool = True) -> "SparseRefine":
         super().train(mode)
         self.base.eval()  # frozen: its batch norms keep their running statistics
         return self
 
+    def base_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w): the size the base runs at for full-resolution images of `size` (H, W): floor(H * base_scale)."""
+        scale = self.config.refine.base_scale
+        return max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
+
     @torch.no_grad()
+    def run_base(self, images: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
+        """(logits float (B, C, H, W): the base on the image resized by base_scale, its logits resized back; the
+        nodes it computed per level, or None for a base from outside the engine)."""
+        size = self.base_size(images.shape[2:])
+        small = images if size == tuple(images.shape[2:]) else F.interpolate(
+            images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        logits, nodes = self.base.run(small) if isinstance(self.base, EngineBase) else (self.base(small), None)
+        kwargs = {"align_corners": False} if self.config.refine.upsample == "bilinear" else {}
+        return F.interpolate(logits.float(), size=images.shape[2:], mode=self.config.refine.upsample, **kwargs), nodes
+
     def base_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float: the base run on the image resized by base_scale, its logits resized back."""
-        scale = self.config.base_scale
-        small = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
-                                                        align_corners=False, antialias=True)
-        logits = self.base(small)
-        kwargs = {"align_corners": False} if self.config.upsample == "bilinear" else {}
-        return F.interpolate(logits.float(), size=images.shape[2:], mode=self.config.upsample, **kwargs)
+        """(B, C, H, W) float: the base's logits at full resolution (`run_base`)."""
+        return self.run_base(images)[0]
 
     def refine(self, images: torch.Tensor, tau: float | None = None, budget: int | None = None,
                valid: torch.Tensor | None = None) -> Refinement:
-        """Select (tau, default the config's; or a budget per image), refine and mix (see the class docstring)."""
-        base = self.base_logits(images)
-        tau = self.config.tau if tau is None and budget is None else tau
+        """Select (tau, default the config's; or a budget of pixels per image, or both), refine and mix (see the
+        class docstring); never a pixel where `valid` (bool (B, H, W)) is False."""
+        base, nodes = self.run_base(images)
+        tau = self.config.refine.tau if tau is None and budget is None else tau
+        if tau is None and budget is None:
+            raise ValueError("the config has no tau (refine_fraction chooses one when training starts): pass tau, "
+                             "budget or fraction")
         selected = select_uncertain(entropy(base), valid, tau, budget)
         batch, _, height, width = images.shape
-        geometry = SparseGeometry(torch.nonzero(selected), (height, width), batch)
+        geometry = SparseGeometry(torch.nonzero(selected).to(torch.int32), (height, width), batch)
         b, y, x = geometry.coords.long().unbind(1)
         refiner_logits = self.refiner(images[b, :, y, x], geometry)
         mixed = self.ensembler(base[b, :, y, x], refiner_logits)
-        return Refinement(base, selected, geometry, refiner_logits, mixed)
+        return Refinement(base, selected, geometry, refiner_logits, mixed, nodes)
+
+    def forward(self, images: torch.Tensor, tree: qt.Quadtree) -> Refinement:
+        """Training: `refine` at the config's tau over the pixels the target `tree` labels (not ignored, not
+        padding)."""
+        self.check_images(images)
+        labels = qt.decode(tree, dtype=torch.int64)
+        valid = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
+        valid[:, :labels.shape[1], :labels.shape[2]] = labels != self.config.ignore_index
+        return self.refine(images, valid=valid)
+
+    def check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor (B, {self.config.in_channels}, H, W), got "
+                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        if images.shape[1] != self.config.in_channels:
+            raise ValueError(f"the model takes {self.config.in_channels}-channel images, got {images.shape[1]}")
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tau: float | None = None, budget: int | None = None,
+                fraction: float | None = None) -> Prediction:
+        """Labels refined at a chosen cost: pixels whose base entropy exceeds `tau` (default the config's), at most
+        `budget` pixels per image, or the `fraction` (0..1) most uncertain pixels of each image. budget=0 or
+        fraction=0 is the base alone.
+
+        Returns:
+            Prediction: labels int64 (B, H, W); fine: the refined pixels; nodes_per_level: the base's (an engine
+            network) or None; stats: "tau" (None when a budget or fraction chose), "refined_fraction", and
+            "refiner_sites" (sites per U-Net level, for the MAC count).
+        """
+        self.check_images(images)
+        if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0):
+            raise ValueError(f"tau is an entropy threshold >= 0, got {tau!r}")
+        if fraction is not None:
+            if budget is not None:
+                raise ValueError("pass a budget (pixels per image) or a fraction of the pixels, not both")
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+                raise ValueError(f"fraction is the share of pixels to refine, in 0..1, got {fraction!r}")
+            budget = round(fraction * images.shape[2] * images.shape[3])
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise ValueError(f"budget is a number of pixels per image >= 0, got {budget!r}")
+        if budget == 0:
+            base, nodes = self.run_base(images)
+            selected = torch.zeros(base.shape[0], *base.shape[2:], dtype=torch.bool, device=base.device)
+            return Prediction(base.argmax(1), None, nodes, selected,
+                              {"tau": None, "refined_fraction": 0.0, "refiner_sites": [0] * (len(self.refiner.down) + 1)})
+        refinement = self.refine(images, tau, budget)
+        sites = [refinement.geometry.num_sites]
+        geometry = refinement.geometry
+        for _ in self.refiner.down:  # the U-Net's coarser site sets (cached on the geometries)
+            geometry = geometry.downsampled()[0]
+            sites.append(geometry.num_sites)
+        tau = (self.config.refine.tau if budget is None else None) if tau is None else tau
+        return Prediction(refinement.logits().argmax(1), None, refinement.base_nodes, refinement.selected,
+                          {"tau": tau, "refined_fraction": float(refinement.selected.float().mean()),
+                           "refiner_sites": sites})
+
+    def prediction_macs(self, images_shape: tuple[int, int, int, int], prediction: Prediction) -> int:
+        """MACs of `prediction` of images of `images_shape` (B, C, H, W): the base at its scale (an engine network:
+        `qgn.cost.quadtree_macs` of the nodes it computed; another module: its nn.Conv2d calls, counted on a
+        run) plus the refiner and the ensembler per site."""
+        from qgn.cost import conv2d_macs, quadtree_macs
+
+        batch, channels = images_shape[:2]
+        height, width = self.base_size(images_shape[2:])
+        if isinstance(self.base, EngineBase):
+            cell = 1 << self.base.model.config.depth
+            padded = (batch, channels, -(-height // cell) * cell, -(-width // cell) * cell)
+            base = quadtree_macs(self.base.model, padded, prediction.nodes_per_level)
+        else:
+            probe = next(self.base.parameters())
+            base = conv2d_macs(self.base, lambda: self.base(torch.zeros(batch, channels, height, width,
+                                                                          dtype=probe.dtype, device=probe.device)))
+        sites = prediction.stats["refiner_sites"]
+        return int(base + self.refiner.macs(sites) + sites[0] * self.ensembler.macs_per_site())
 
 
-@torch.no_grad()
-def predict_refined(model: SparseRefine, images: torch.Tensor, tau: float | None = None, budget: int | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels int64 (B, H, W) of a refined prediction and the bool (B, H, W) mask of the refined pixels
-    (`tau` / `budget` as `SparseRefine.refine`; budget=0 or tau=inf gives the base alone)."""
-    if budget == 0:
-        base = model.base_logits(images)
-        return base.argmax(1), torch.zeros(base.shape[0], *base.shape[2:], dtype=torch.bool, device=base.device)
-    refinement = model.refine(images, tau, budget)
-    return refinement.logits().argmax(1), refinement.selected
+def choose_tau(model: SparseRefine, images, fraction: float, bins: int = 20000) -> float:
+    """The entropy threshold that refines about `fraction` of the pixels of `images` (an iterable of normalised
+    float (B, C, H, W) batches, e.g. the validation images): the (1 - fraction) quantile of the base's entropy,
+    from a histogram over [0, log C] (`bins` bins: exact to log(C) / bins)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    top = math.log(model.config.num_classes) + 1e-6
+    counts = None
+    for batch in images:
+        h = entropy(model.base_logits(batch)).flatten()
+        hist = torch.histc(h.cpu(), bins=bins, min=0.0, max=top).double()
+        counts = hist if counts is None else counts + hist
+    if counts is None:
+        raise ValueError("no images to choose tau on")
+    above = counts.flip(0).cumsum(0).flip(0) / counts.sum()  # above[i]: fraction of pixels in bins >= i
+    above = torch.cat([above, above.new_zeros(1)])  # tau = i * width refines about above[i]
+    return float(int((above - fraction).abs().argmin()) * top / bins)
+
+
+class RefineLoss(nn.Module):
+    """The training loss of SparseRefine (`refine_loss`), with the trainer's criterion interface.
+
+    Shape: forward(output: Refinement, tree, masks int (B, H, W)) -> dict of scalar tensors ("loss", ...).
+    """
+
+    def __init__(self, config: QGNConfig):
+        super().__init__()
+        self.ignore_index = config.ignore_index
+
+    def forward(self, output: Refinement, tree, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        losses = refine_loss(output, masks, self.ignore_index)
+        losses["refined_fraction"] = output.selected.float().mean()
+        return losses
 
 
 def refine_loss(refinement: Refinement, masks: torch.Tensor, ignore_index: int = 255) -> dict[str, torch.Tensor]:

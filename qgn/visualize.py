@@ -101,6 +101,28 @@ def save_overlay(image: torch.Tensor, tree: qt.Quadtree, path: str | Path, label
     return path
 
 
+def fine_overlay(image_rgb: np.ndarray, labels, fine, alpha: float = 0.45) -> np.ndarray:
+    """uint8 (H, W, 3): the image tinted by the colours of `labels` (H, W), with the pixels where the model spent
+    full-resolution compute (`fine`, bool (H, W): SparseRefine's refined pixels, SegBlocks' high-resolution blocks)
+    in full brightness and magenta-edged, the rest dimmed."""
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    fine = fine.cpu().numpy() if isinstance(fine, torch.Tensor) else np.asarray(fine, dtype=bool)
+    out = image_rgb * (1 - alpha) + colour_labels(labels) * alpha
+    out[~fine] *= 0.55
+    edge = fine & ~(np.pad(fine, 1)[2:, 1:-1] & np.pad(fine, 1)[:-2, 1:-1] & np.pad(fine, 1)[1:-1, 2:]
+                    & np.pad(fine, 1)[1:-1, :-2])
+    out[edge] = (255, 0, 255)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_fine_overlay(image: torch.Tensor, labels, fine, path: str | Path) -> Path:
+    """`fine_overlay` of a normalised image (C, H, W) written as a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(fine_overlay(display_image(image), labels, fine)).save(path)
+    return path
+
+
 def class_legend(num_classes: int, class_names=None):
     """matplotlib legend handles: one colour patch per class (and the ignore label)."""
     from matplotlib.patches import Patch

@@ -58,9 +58,51 @@ def run_config_from_args(args: argparse.Namespace):
             model.setdefault(key, list(getattr(defaults, key)))
     if args.crop is not None:
         data.setdefault("augment", {})["crop"] = args.crop
+    sections = {"refine": {"base_checkpoint": args.base_checkpoint, "base_scale": args.base_scale, "tau": args.tau,
+                           "refine_fraction": args.refine_fraction},
+                "segblocks": {"block_size": args.block_size, "target": args.target,
+                              "policy_gamma": args.policy_gamma, "policy_weight": args.policy_weight}}
+    for name, flags_of_section in sections.items():
+        given = {key: value for key, value in flags_of_section.items() if value is not None}
+        if given:
+            owner = {"refine": "sparserefine", "segblocks": "segblocks"}[name]
+            if model.get("model") != owner:
+                named = ", ".join("--" + key.replace("_", "-") for key in given)
+                raise ValueError(f"{named} configure --model {owner}; this run's model is "
+                                 f"{model.get('model', QGNConfig.model)!r}")
+            model[name] = {**(model.get(name) or {}), **given}
+    if args.refine_fraction is not None:
+        model["refine"]["tau"] = None  # chosen on the validation images when training starts
+    if args.base_checkpoint is not None:
+        take_base_architecture(args.base_checkpoint, model, data)
     if model.get("num_classes") is None:  # the data set's own count (synthetic presets, Cityscapes, ...)
         model["num_classes"] = own_num_classes(data.get("dataset", DataConfig.dataset))
     return RunConfig.from_dict(values)
+
+
+def take_base_architecture(path: str, model: dict, data: dict) -> None:
+    """A SparseRefine run over the network of checkpoint `path`: its architecture (classes, depth, channels,
+    widths, encoder, ignore label) and its normalisation become the run's; `model["refine"]["base_model"]` its kind.
+    ValueError when the base is not a QGN or dense-twin checkpoint, or when a flag contradicts it."""
+    from qgn.checkpoint import load_checkpoint
+    from qgn.config import BASE_MODELS
+
+    saved = load_checkpoint(path)["config"]
+    base = dict(saved["model"])
+    if base.get("model") not in BASE_MODELS:
+        raise ValueError(f"--base-checkpoint {path} holds a {base.get('model')!r} model; a SparseRefine base is a "
+                         f"checkpoint of {' or '.join(BASE_MODELS)}")
+    for key, value in base.items():
+        if key in ("model", "refine", "segblocks") or (key == "backend" and key in model):
+            continue
+        if model.get(key) not in (None, value) and key in ("num_classes", "in_channels", "depth", "encoder"):
+            raise ValueError(f"the run sets {key} = {model[key]} but the base {path} has {value}: a SparseRefine run "
+                             f"takes its base's {key}; drop the flag")
+        model[key] = value
+    model["refine"]["base_model"] = base["model"]
+    normalize = saved.get("data", {}).get("normalize")
+    if normalize and data.get("normalize", {}).get("mode", "auto") == "auto":
+        data["normalize"] = normalize  # the base sees images as it was trained on them
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -113,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands) -> None:
-    from qgn.config import ENCODERS, MODELS, QGNConfig
+    from qgn.config import ENCODERS, MODELS, QGNConfig, RefineConfig, SegBlocksConfig
     from sparse_ops.backend import BACKENDS
     from training.config import OPTIMIZERS, SCHEDULES, TrainConfig
     from training.datasets import DATASETS, DataConfig
@@ -122,7 +164,8 @@ def add_commands(commands) -> None:
     model_d, data_d, train_d, loss_d = QGNConfig(), DataConfig(), TrainConfig(), LossConfig()
     specs = ", ".join("synthetic[:OPTIONS]" if scheme == "synthetic" else f"{scheme}:PATH" for scheme in DATASETS)
     # flags default to None (= the config file's value, else the dataclass default named in the help)
-    train = commands.add_parser("train", help="train a QGN (or its dense twin); torchrun for several processes")
+    train = commands.add_parser("train", help="train a QGN, its dense twin, SparseRefine or SegBlocks; torchrun "
+                                                "for several processes")
     add = train.add_argument
     add("--data", help=f"training data spec: {specs} (default {data_d.dataset})")
     add("--val-data", help="validation data spec (default: --data, split val)")
@@ -135,7 +178,27 @@ def add_commands(commands) -> None:
     add("--epochs", type=int, help=f"passes over the training set (default {train_d.epochs})")
     add("--batch-size", type=int, help=f"images per step and process (default {train_d.batch_size})")
     add("--crop", type=int, help="square training crop, a multiple of 2**depth (default: whole images)")
-    add("--model", choices=list(MODELS), help=f"sparse QGN or its dense twin (default {model_d.model})")
+    add("--model", choices=list(MODELS), help=f"qgn (sparse quadtree decoder), dense (its dense twin), sparserefine "
+                                              f"(a base refined at uncertain pixels), segblocks (blocks at two "
+                                              f"resolutions) (default {model_d.model})")
+    refine_d, blocks_d = RefineConfig(), SegBlocksConfig()
+    add("--base-checkpoint", metavar="BASE.pt", help="sparserefine: the frozen base, a qgn or dense checkpoint of "
+                                                     "this engine (its architecture and normalisation are taken)")
+    add("--base-scale", type=float, help=f"sparserefine: the base runs on the image resized by this "
+                                         f"(default {refine_d.base_scale})")
+    refine_select = train.add_mutually_exclusive_group()
+    refine_select.add_argument("--tau", type=float, help=f"sparserefine: refine where the base's entropy exceeds "
+                                                         f"this (default {refine_d.tau})")
+    refine_select.add_argument("--refine-fraction", type=float, help="sparserefine: choose tau on the validation "
+                                                                     "images to refine this fraction of the pixels")
+    add("--block-size", type=int, help=f"segblocks: block side in pixels, a multiple of 2**(depth+1) "
+                                       f"(default {blocks_d.block_size})")
+    add("--target", type=float, help=f"segblocks: fraction of high-resolution blocks the policy is trained toward "
+                                     f"(default {blocks_d.target})")
+    add("--policy-gamma", type=float, help=f"segblocks: weight of the compute term in the advantage "
+                                           f"(default {blocks_d.policy_gamma}, the paper's; the official code: 1)")
+    add("--policy-weight", type=float, help=f"segblocks: weight of the policy loss (default "
+                                            f"{blocks_d.policy_weight}, the paper's; the official code: 1)")
     add("--encoder", choices=list(ENCODERS), help=f"dense encoder (default {model_d.encoder})")
     add("--backend", choices=list(BACKENDS), help="sparse convs: auto = torch on CPU, spconv on CUDA "
                                                   f"(default {model_d.backend})")

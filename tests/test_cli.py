@@ -307,3 +307,49 @@ def test_bench_writes_where_it_is_told_and_takes_no_ratio_from_no_memory_growth(
                dict(base, model="dense", mode="inference", depth=None, peak_memory_mb=7.0)]
     table, rows = bench["verdicts"](records)
     assert rows[0]["inference_memory_ratio"] is None and "(met)" not in table.splitlines()[2].split("|")[3]
+
+
+def test_sparserefine_trains_over_a_base_checkpoint_evaluates_and_infers(tmp_path, tiny_checkpoint, capsys):
+    """`qgn train --model sparserefine --base-checkpoint`: the base's architecture and normalisation are taken, tau
+    is chosen for the refined fraction, the sweep holds the base alone, and infer draws the refined pixels."""
+    import torch
+    from PIL import Image
+
+    from qgn import load_predictor
+    from qgn.checkpoint import load_checkpoint
+
+    run = tmp_path / "sr"
+    assert main(["train", "--model", "sparserefine", "--base-checkpoint", str(tiny_checkpoint), "--data",
+                 "synthetic:4,size=32", "--refine-fraction", "0.1", "--base-scale", "0.5", "--epochs", "1",
+                 "--batch-size", "2", "--out", str(run), "--no-progress"]) == 0
+    state, base = load_checkpoint(run / "last.pt"), load_checkpoint(tiny_checkpoint)
+    assert state["config"]["model"]["decoder_channels"] == base["config"]["model"]["decoder_channels"]
+    assert state["config"]["data"]["normalize"] == base["config"]["data"]["normalize"]
+    refine = state["config"]["model"]["refine"]
+    assert refine["tau"] > 0 and refine["base_model"] == "qgn" and refine["refine_fraction"] == 0.1
+    for name, value in base["model"].items():  # the base's weights, frozen
+        assert torch.equal(state["model"][f"base.model.{name}"], value)
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--limit", "2", "--sweep", "--json",
+                 str(tmp_path / "e.json")]) == 0
+    records = json.loads((tmp_path / "e.json").read_text())
+    assert records[0]["setting"] == "base alone" and records[0]["refined_fraction"] == 0
+    assert {"model", "setting", "miou", "pixel_accuracy", "iou", "macs", "latency_ms", "peak_memory_mb", "tau",
+            "refined_fraction"} <= set(records[1])
+    assert all(r["macs"] > records[0]["macs"] for r in records[1:] if r["refined_fraction"] > 0)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(run / "last.pt"), "--fraction", "0.2",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "20.0% of the pixels refined" in capsys.readouterr().out
+    assert Image.open(tmp_path / "out" / "a_overlay.png").size == (50, 37)
+    assert load_predictor(run / "last.pt").predict(np.zeros((20, 30, 3), np.uint8), fraction=0.5).fine.sum() == 300
+    assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(run / "last.pt"), "--max-depth", "1",
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "not a knob of a sparserefine model: max_depth" in capsys.readouterr().err
+    assert main(["train", "--model", "sparserefine", "--data", "synthetic:4,size=32", "--out",
+                 str(tmp_path / "nobase"), "--no-progress"]) == 2
+    assert "--base-checkpoint" in capsys.readouterr().err
+    assert main(["train", "--tau", "0.1", "--data", "synthetic:4,size=32", "--out", str(tmp_path / "r")]) == 2
+    assert "--tau configure --model sparserefine" in capsys.readouterr().err
+    assert main(["train", "--model", "sparserefine", "--base-checkpoint", str(run / "last.pt"), "--out",
+                 str(tmp_path / "r2")]) == 2
+    assert "a SparseRefine base is a checkpoint of" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def test_evaluate_matches_scikit_learn_with_the_models_classes_and_ignore_label(
     predicted = [torch.from_numpy(rng.integers(0, 3, (2, 5, 6))) for _ in range(3)]
     loader = [(torch.zeros(2, 3, 5, 6), mask, None) for mask in masks]
     model = FixedLabels(predicted, num_classes=3, ignore_index=7)
-    summary = evaluate(model, loader, torch.device("cpu"), max_depth=2, class_names=["a", "b", "c"])
+    summary = evaluate(model, loader, torch.device("cpu"), class_names=["a", "b", "c"], max_depth=2)
     truth, guess = torch.cat(masks).numpy().ravel(), torch.cat(predicted).numpy().ravel()
     valid = truth != 7
     expected = sklearn_metrics.jaccard_score(truth[valid], guess[valid], labels=[0, 1, 2], average=None)

@@ -6,16 +6,22 @@ import pytest
 import torch
 
 import quadtree as qt
+from torch.utils.flop_counter import FlopCounterMode
+
 from qgn import QGNConfig, build_model
-from qgn.sparserefine import (EngineBase, GatedEnsembler, RefineConfig, SparseRefine, entropy, predict_refined,
+from qgn.config import RefineConfig
+from qgn.cost import measure_predict, prediction_macs
+from qgn.fold import fold_batch_norm
+from qgn.sparserefine import (EngineBase, GatedEnsembler, RefineLoss, SparseRefine, choose_tau, entropy,
                               refine_loss, select_uncertain)
 from stand_in import DEPTH, example_masks, stand_in
+
+ARCHITECTURE = dict(num_classes=4, depth=3, encoder_channels=(8, 12), decoder_channels=(12, 10, 8, 6))
 
 
 def small_engine_model(kind: str):
     torch.manual_seed(0)
-    return build_model(QGNConfig(num_classes=4, depth=3, model=kind, encoder_channels=(8, 12),
-                                 decoder_channels=(12, 10, 8, 6))).eval()
+    return build_model(QGNConfig(model=kind, **ARCHITECTURE)).eval()
 
 
 def test_entropy_is_the_official_definition():
@@ -73,10 +79,11 @@ def test_qgn_base_paints_each_pixel_with_its_deepest_node():
     assert qt.encode(masks, DEPTH).depth == DEPTH
 
 
-def refine_model(**config):
+def refine_model(base_model: str = "dense", **refine):
     torch.manual_seed(0)
-    base = EngineBase(small_engine_model("dense"))
-    return SparseRefine(base, num_classes=4, in_channels=3, config=RefineConfig(widths=(8, 12, 16), **config))
+    config = QGNConfig(model="sparserefine", refine=RefineConfig(base_model=base_model, widths=(8, 12, 16), **refine),
+                       **ARCHITECTURE)
+    return build_model(config)
 
 
 def test_refinement_replaces_the_base_only_at_the_selected_pixels():
@@ -120,15 +127,96 @@ def test_loss_on_nothing_supervised_is_zero_and_in_the_graph():
 
 def test_bad_configs():
     for bad in (dict(upsample="bicubic"), dict(base_scale=0.0), dict(base_scale=1.5), dict(tau=-1.0),
-                dict(widths=())):
+                dict(widths=()), dict(base_model="segblocks"), dict(refine_fraction=1.5)):
         with pytest.raises(ValueError):
             RefineConfig(**bad)
+    with pytest.raises(ValueError, match="refine section belongs to model 'sparserefine'"):
+        QGNConfig(model="qgn", refine=RefineConfig())
+    config = QGNConfig(model="sparserefine", refine={"widths": [4, 8], "tau": 0.2})  # as read from YAML
+    assert config.refine == RefineConfig(widths=(4, 8), tau=0.2)
+    assert QGNConfig.from_dict(config.as_dict()).refine == config.refine
 
 
-def test_predict_refined_and_the_base_alone():
+def test_predict_at_tau_budget_fraction_and_the_base_alone():
     model = refine_model().eval()
     images = torch.randn(1, 3, 32, 48)
-    labels, selected = predict_refined(model, images, budget=0)
-    assert not bool(selected.any()) and torch.equal(labels, model.base_logits(images).argmax(1))
-    labels, selected = predict_refined(model, images, tau=0.0)
-    assert bool(selected.all()) and labels.shape == (1, 32, 48)
+    alone = model.predict(images, fraction=0)
+    assert not bool(alone.fine.any()) and torch.equal(alone.labels, model.base_logits(images).argmax(1))
+    assert alone.stats["refined_fraction"] == 0.0
+    everything = model.predict(images, tau=0.0)
+    assert bool(everything.fine.all()) and everything.labels.shape == (1, 32, 48)
+    assert everything.stats["refined_fraction"] == 1.0 and everything.stats["tau"] == 0.0
+    assert model.predict(images, budget=100).fine.sum() == 100
+    share = model.predict(images, fraction=0.25)
+    assert share.fine.sum() == round(0.25 * 32 * 48) and share.stats["tau"] is None
+    default = model.predict(images)  # the config's tau
+    assert default.stats["tau"] == 0.1 and torch.equal(default.fine, entropy(model.base_logits(images)) > 0.1)
+    for bad in (dict(tau=-1.0), dict(fraction=1.5), dict(budget=-3), dict(budget=5, fraction=0.1)):
+        with pytest.raises(ValueError):
+            model.predict(images, **bad)
+    with pytest.raises(ValueError, match="4-channel|3-channel"):
+        model.predict(torch.randn(1, 4, 32, 48))
+
+
+@pytest.mark.parametrize("base_model", ["dense", "qgn"])
+@pytest.mark.parametrize("knobs", [{"fraction": 0}, {"budget": 200}, {"tau": 0.0}])
+def test_macs_equal_torch_flop_counter(base_model, knobs):
+    """The base at its scale plus the refiner and the ensembler per site, as torch counts the ops that ran (torch
+    backend: submanifold and stride-2 convs are matmuls over all k*k taps)."""
+    model = refine_model(base_model, base_scale=0.5).eval()
+    for module in model.modules():
+        if hasattr(module, "backend"):
+            module.backend = "torch"
+    images = torch.randn(2, 3, 40, 56)
+    with FlopCounterMode(display=False) as counter:
+        prediction = model.predict(images, **knobs)
+    assert prediction_macs(model, tuple(images.shape), prediction) == counter.get_total_flops() // 2
+    _, cost = measure_predict(model, images, **knobs)
+    assert cost.macs == prediction_macs(model, tuple(images.shape), prediction) and cost.peak_memory_mb > 0
+
+
+def test_a_module_from_outside_the_engine_as_base():
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    config = QGNConfig(model="sparserefine", refine=RefineConfig(widths=(8, 12), base_scale=0.5), **ARCHITECTURE)
+    model = SparseRefine(config, base).eval()
+    images = torch.randn(1, 3, 32, 40)
+    prediction = model.predict(images, fraction=0.1)
+    assert prediction.nodes_per_level is None and prediction.labels.shape == (1, 32, 40)
+    with FlopCounterMode(display=False) as counter:
+        model.predict(images, fraction=0.1)
+    assert prediction_macs(model, tuple(images.shape), prediction) == counter.get_total_flops() // 2
+
+
+def test_folded_equals_unfolded():
+    model = refine_model(tau=0.0)
+    with torch.no_grad():  # statistics that are not the identity
+        for module in model.refiner.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    images = torch.randn(1, 3, 32, 48)
+    expected = model.refine(images, budget=300)
+    folded = fold_batch_norm(model).refine(images, budget=300)
+    torch.testing.assert_close(folded.mixed_logits, expected.mixed_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_training_forward_never_selects_ignored_or_padded_pixels():
+    model = refine_model(tau=0.0).train()
+    masks = torch.randint(0, 4, (2, 32, 48))
+    masks[0, :, 40:] = 255  # padding a collate added
+    masks[1, 3:9, 5:20] = 255  # unlabelled pixels
+    output = model(torch.randn(2, 3, 32, 48), qt.encode(masks, 3))
+    assert torch.equal(output.selected, masks != 255)
+    losses = RefineLoss(model.config)(output, None, masks)
+    assert losses["refined_fraction"] == (masks != 255).float().mean() and bool(losses["loss"].isfinite())
+
+
+def test_choose_tau_refines_the_asked_fraction():
+    model = refine_model(base_scale=1.0).eval()  # no nearest upsampling: no ties of 16 pixels
+    images = [torch.randn(1, 3, 32, 48) for _ in range(3)]
+    for fraction in (0.05, 0.3):
+        tau = choose_tau(model, images, fraction)
+        refined = torch.cat([model.predict(x, tau=tau).fine.flatten() for x in images]).float().mean()
+        assert abs(float(refined) - fraction) < 0.01

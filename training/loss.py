@@ -102,3 +102,18 @@ class QuadtreeLoss(nn.Module):
         weights = self.level_weights()
         losses["loss"] = sum(w * losses[f"loss_l{l}"] for l, w in enumerate(weights))
         return losses
+
+
+def build_criterion(config) -> nn.Module:
+    """The training loss of `config.model.model` (a RunConfig): `QuadtreeLoss` for QGN and the dense twin,
+    `qgn.sparserefine.RefineLoss`, `qgn.segblocks.SegBlocksLoss`."""
+    model = config.model
+    if model.model == "sparserefine":
+        from qgn.sparserefine import RefineLoss
+
+        return RefineLoss(model)
+    if model.model == "segblocks":
+        from qgn.segblocks import SegBlocksLoss
+
+        return SegBlocksLoss(model)
+    return QuadtreeLoss(model.num_classes, model.depth, config.loss, model.ignore_index)

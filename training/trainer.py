@@ -12,6 +12,7 @@ loss scaling for fp16, float32 parameters and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -37,8 +38,8 @@ from qgn.precision import autocast, check_amp, fp32_math, grad_scaler
 from training.collate import QuadtreeCollate
 from training.config import RunConfig, TrainConfig
 from training.datasets import FIXED_CLASSES, DataConfig, dataset_for, datasets_from_config
-from training.loss import QuadtreeLoss
-from training.transforms import Augment, augment
+from training.loss import QuadtreeLoss, build_criterion
+from training.transforms import Augment, NormalizeConfig, augment
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -93,9 +94,11 @@ class EpochOrder(Sampler):
 
 # ---- optimisation ----------------------------------------------------------------------------------------------
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of the parameters that train (SparseRefine's frozen base has none)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -228,8 +231,7 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast(cfg.amp, device):
-            output = model(images, tree)
-            losses = criterion(output.level_logits, tree, output.full_logits, masks)
+            losses = model_losses(criterion, model(images, tree), tree, masks)
         if not torch.isfinite(losses["loss"]):
             bad = [name for name, value in losses.items() if name != "loss" and not torch.isfinite(value)]
             raise FloatingPointError(f"non-finite loss at step {progress.step} (epoch {progress.epoch}): "
@@ -256,6 +258,57 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
                  "nodes_per_level": [level.num_nodes for level in tree.levels]})
         if on_step is not None:
             on_step(progress)
+
+
+def model_losses(criterion, output, tree, masks) -> dict[str, torch.Tensor]:
+    """The losses of one forward pass of any model: `QuadtreeLoss` reads the decoder's level logits (QGN and the
+    dense twin); the other models' criteria (`training.loss.build_criterion`) take their output whole."""
+    if isinstance(criterion, QuadtreeLoss):
+        return criterion(output.level_logits, tree, output.full_logits, masks)
+    return criterion(output, tree, masks)
+
+
+# ---- SparseRefine: the base ------------------------------------------------------------------------------------
+def base_checkpoint_state(config: RunConfig) -> dict | None:
+    """The checkpoint of a SparseRefine run's base (`config.model.refine.base_checkpoint`), checked against the
+    run: the same architecture; its normalisation is the run's (an "auto" one is taken from it). None for the
+    other models. ValueError naming the difference otherwise."""
+    refine = config.model.refine
+    if refine is None:
+        return None
+    if refine.base_checkpoint is None:
+        raise ValueError("a sparserefine run needs its base: pass --base-checkpoint BASE.pt (a qgn or dense "
+                         "checkpoint of this engine)")
+    state = load_checkpoint(refine.base_checkpoint)
+    base = QGNConfig.from_dict(state["config"]["model"])
+    expected = dataclasses.replace(config.model, model=refine.base_model, refine=None, backend=base.backend)
+    if base.as_dict() != expected.as_dict():
+        diff = {k: (v, expected.as_dict()[k]) for k, v in base.as_dict().items() if expected.as_dict()[k] != v}
+        raise ValueError(f"the base {refine.base_checkpoint} is another network than this run's model section (base "
+                         f"vs run: {diff}); train with --base-checkpoint, which takes the base's architecture")
+    normalize = NormalizeConfig.from_dict(state["config"].get("data", {}).get("normalize", {}))
+    if config.data.normalize.mode == "auto":
+        config.data.normalize = normalize
+    elif config.data.normalize != normalize:
+        raise ValueError(f"the run normalises images as {config.data.normalize} but its base was trained on "
+                         f"{normalize}; remove data.normalize from the config to use the base's")
+    return state
+
+
+def start_refinement(model, base_state: dict, config: RunConfig, val_set, collate, device, main_process: bool):
+    """Load the base's weights into a new SparseRefine run; with `refine.refine_fraction`, choose tau on the
+    validation images so that about that fraction of their pixels is refined (written into the config)."""
+    from qgn.sparserefine import choose_tau
+
+    model.base.model.load_state_dict(base_state["model"])
+    refine = config.model.refine
+    if refine.refine_fraction is None:
+        return
+    loader = DataLoader(val_set, batch_size=1, collate_fn=collate)
+    refine.tau = choose_tau(model, (images.to(device) for images, _, _ in loader), refine.refine_fraction)
+    if main_process:
+        print(f"sparserefine: tau = {refine.tau:.4g} refines about {100 * refine.refine_fraction:g}% of the "
+              f"{len(val_set)} validation images' pixels", file=sys.stderr)
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
@@ -307,6 +360,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
+    base_state = None if resume else base_checkpoint_state(config)  # SparseRefine: before the data (normalisation)
     # Data first: every data problem surfaces before any training step.
     dcfg, mcfg = config.data, config.model  # classes, depth, channels and the ignore label: mcfg's
     normalize_was_auto = dcfg.normalize.mode == "auto"
@@ -326,7 +380,9 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
 
     torch.manual_seed(tcfg.seed)
     model = build_model(config.model).to(device)
-    criterion = QuadtreeLoss(mcfg.num_classes, mcfg.depth, config.loss, mcfg.ignore_index).to(device)
+    if base_state is not None:
+        start_refinement(model, base_state, config, val_set, collate, device, main_process)
+    criterion = build_criterion(config).to(device)
     optimizer = build_optimizer(model, tcfg)
     scaler = grad_scaler(tcfg.amp, device)
     progress = Progress()
