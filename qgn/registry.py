@@ -11,14 +11,16 @@ from torch import nn
 
 from qgn.config import QGNConfig
 from qgn.model import QGN, DenseTwin
+from qgn.segblocks import SegBlocks
 from qgn.sparserefine import SparseRefine
 
-MODEL_CLASSES = {"qgn": QGN, "dense": DenseTwin, "sparserefine": SparseRefine}
+MODEL_CLASSES = {"qgn": QGN, "dense": DenseTwin, "sparserefine": SparseRefine, "segblocks": SegBlocks}
 """`QGNConfig.model` -> the network class."""
 
 PREDICT_KNOBS = {"qgn": ("max_depth", "threshold", "budget"), "dense": ("max_depth", "threshold", "budget"),
-                 "sparserefine": ("tau", "budget", "fraction"), "segblocks": ("policy", "fraction", "scale")}
-"""`QGNConfig.model` -> the knobs its `predict` takes (besides the images)."""
+                 "sparserefine": ("tau", "budget", "fraction"), "segblocks": ("policy", "fraction", "scale", "masks")}
+"""`QGNConfig.model` -> the knobs its `predict` takes (besides the images; SegBlocks' "oracle" policy reads the
+ground truth `masks`)."""
 
 
 def check_knobs(model_name: str, knobs: dict) -> None:

@@ -61,8 +61,10 @@ def cmd_infer(args: argparse.Namespace) -> None:
     predictor = load_predictor_of(args)
     kind = predictor.model.config.model
     knobs = {k: getattr(args, k) for k in {k for names in PREDICT_KNOBS.values() for k in names}
-             if getattr(args, k) is not None}
+             if getattr(args, k, None) is not None}
     check_knobs(kind, knobs)
+    if knobs.get("policy") == "static" and "scale" not in knobs:
+        raise ValueError("--policy static runs the whole image at one scale: pass --scale S (e.g. 0.5)")
     out = output_dir(args.out, paths)
     for index, path in enumerate(paths):
         image = predictor.prepare(read_image(path).transpose(1, 2, 0))  # read as (C, H, W), given as stored (H, W, C)

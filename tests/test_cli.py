@@ -296,9 +296,9 @@ def test_ctrl_c_ends_training_with_one_line_naming_the_checkpoint_and_the_resume
 def test_bench_writes_where_it_is_told_and_takes_no_ratio_from_no_memory_growth(tmp_path):
     import runpy
 
-    from qgn_cli.bench import BENCH_SCRIPT
+    from qgn_cli.bench import BENCH_SCRIPTS
 
-    bench = runpy.run_path(str(BENCH_SCRIPT), run_name="qgn_bench")
+    bench = runpy.run_path(str(BENCH_SCRIPTS["cost"]), run_name="qgn_bench")
     args = bench["parse_args"](["--out", str(tmp_path / "b")])
     assert args.json == str(tmp_path / "b" / "bench_qgn.json") and args.plot == str(tmp_path / "b" / "bench_qgn.png")
     assert bench["parse_args"]([]).markdown.startswith("runs/bench")  # never the committed benchmarks/results

@@ -16,13 +16,19 @@ class QuadtreeCollate:
     Returns (images float32 (B, C, H', W'), masks int64 (B, H', W'), tree) with tree = quadtree.encode(masks,
     depth, ignore_index). Samples of different sizes are padded at the bottom/right to the largest (image with 0,
     mask with ignore_index); with pad_to_multiple (default) H' and W' are further rounded up to multiples of
-    2**depth, so the images match the tree's padded grid. A picklable object (not a closure), so it works with
-    DataLoader workers under any start method.
+    2**depth, so the images match the tree's padded grid - or of `multiple` when given (a multiple of 2**depth:
+    SegBlocks' block size). A picklable object (not a closure), so it works with DataLoader workers under any start
+    method.
     """
 
     depth: int
     ignore_index: int = 255
     pad_to_multiple: bool = True
+    multiple: int | None = None
+
+    def __post_init__(self):
+        if self.multiple is not None and self.multiple % (1 << self.depth):
+            raise ValueError(f"multiple must be a multiple of 2**depth = {1 << self.depth}, got {self.multiple}")
 
     def __call__(self, samples) -> tuple[torch.Tensor, torch.Tensor, quadtree.Quadtree]:
         if len(samples) == 0:
@@ -41,7 +47,7 @@ class QuadtreeCollate:
         if len(channels) > 1:
             raise ValueError(f"images of one batch have different channel counts {sorted(channels)}")
         size = (max(mask.shape[0] for mask in masks), max(mask.shape[1] for mask in masks))
-        cell = 1 << self.depth if self.pad_to_multiple else 1
+        cell = (self.multiple or 1 << self.depth) if self.pad_to_multiple else 1
         images = torch.stack([quadtree.pad_to_multiple(image, cell, 0.0, size=size) for image in images])
         masks = torch.stack([quadtree.pad_to_multiple(mask, cell, self.ignore_index, size=size) for mask in masks])
         tree = quadtree.encode(masks, self.depth, self.ignore_index)

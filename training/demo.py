@@ -1,6 +1,8 @@
-"""`qgn demo`: train a small QGN and its dense twin on synthetic scenes, evaluate at every depth, write a report.
+"""`qgn demo`: train the engine's four models on synthetic scenes - QGN, its dense twin, SparseRefine over the dense
+twin at 1/4 resolution, SegBlocks toward 40 % high-resolution blocks - evaluate them at their settings on one cost
+axis, and write a report.
 
-Runs on a fresh 2-core CPU machine in about 2 minutes: no files or downloads needed. A run that was interrupted
+Runs on a fresh 2-core CPU machine in a few minutes: no files or downloads needed. A run that was interrupted
 is resumed where it stopped (never reused); a finished one is reused and the report says so.
 """
 
@@ -17,14 +19,16 @@ import torch
 
 from qgn import QGNConfig, load_predictor
 from qgn.checkpoint import load_checkpoint
-from qgn.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, sweep_settings
-from qgn.visualize import class_legend, colour_labels, display_image, error_map, quadtree_overlay
+from qgn.config import RefineConfig, SegBlocksConfig
+from qgn.evaluate import evaluate_settings, format_table, plot_accuracy_vs_cost, settings_for
+from qgn.visualize import class_legend, colour_labels, display_image, error_map, fine_overlay, quadtree_overlay
 from training.config import RunConfig, TrainConfig
 from training.datasets import DataConfig, build_dataset
 from training.trainer import train
 from training.transforms import AugmentConfig
 
-MODELS = ("qgn", "dense")
+MODELS = ("qgn", "dense", "sparserefine", "segblocks")  # in training order: SparseRefine's base is the dense run
+NAMES = {"qgn": "QGN", "dense": "the dense twin", "sparserefine": "SparseRefine", "segblocks": "SegBlocks"}
 
 
 @dataclass
@@ -39,12 +43,20 @@ class DemoConfig:
         return f"synthetic:{self.val_images},size=256"
 
 
-def demo_run_config(cfg: DemoConfig, model: str) -> RunConfig:
+def demo_run_config(cfg: DemoConfig, model: str, out_dir: str | Path = ".") -> RunConfig:
+    """The run of `model`: the same data, crops, steps and seed for all; SparseRefine over `out_dir`'s dense run
+    (base at 1/4 resolution, tau chosen for 10 % refined pixels), SegBlocks with 64-px blocks toward t = 0.4."""
     data = DataConfig(dataset=f"synthetic:{cfg.train_images},size=256", val_dataset=cfg.val_spec,
                       augment=AugmentConfig(crop=(128, 128), scale_range=(0.75, 1.25)))
     train_cfg = TrainConfig(epochs=1000, max_steps=cfg.steps, batch_size=8, lr=3e-3, seed=cfg.seed, val_every=1000,
                             log_every=25, test=False)
-    return RunConfig(model=QGNConfig(num_classes=6, depth=5, model=model), data=data, train=train_cfg)
+    sections = {}
+    if model == "sparserefine":
+        sections["refine"] = RefineConfig(base_checkpoint=str(Path(out_dir) / "run_dense" / "last.pt"),
+                                          base_scale=0.25, tau=None, refine_fraction=0.1)
+    if model == "segblocks":
+        sections["segblocks"] = SegBlocksConfig(block_size=64, target=0.4)
+    return RunConfig(model=QGNConfig(num_classes=6, depth=5, model=model, **sections), data=data, train=train_cfg)
 
 
 def train_or_resume(cfg: DemoConfig, model: str, run_dir: Path) -> dict:
@@ -63,7 +75,9 @@ def train_or_resume(cfg: DemoConfig, model: str, run_dir: Path) -> dict:
     else:
         print(f"[demo] training the {model} model ({cfg.steps} steps of 8 crops of 128x128) -> {run_dir}")
     if status != "reused":
-        train(demo_run_config(cfg, model), run_dir, resume=last.exists())
+        config = RunConfig.load(run_dir / "config.yaml") if last.exists() else \
+            demo_run_config(cfg, model, run_dir.parent)  # a resumed run keeps the tau it chose
+        train(config, run_dir, resume=last.exists())
     progress = load_checkpoint(last)["progress"]
     return {"status": status, "steps": progress["step"], "seconds": progress.get("seconds", float("nan"))}
 
@@ -79,7 +93,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None) -> Path:
     load_before = os.getloadavg()[0]
     runs = {model: train_or_resume(cfg, model, out_dir / f"run_{model}") for model in MODELS}
 
-    print("[demo] evaluating at every depth on the validation scenes")
+    print("[demo] evaluating every model at its settings on the validation scenes")
     device = torch.device("cpu")
     predictors = {model: load_predictor(out_dir / f"run_{model}" / "last.pt", device) for model in MODELS}
     val = build_dataset(cfg.val_spec, "val", 6, normalize=predictors["qgn"].normalize)
@@ -87,14 +101,16 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None) -> Path:
     records = []
     for model, predictor in predictors.items():
         network = predictor.model
-        settings = sweep_settings(network.config.depth, thresholds=model == "qgn")
+        settings = settings_for(network, sweep=model != "dense")
         if model == "dense":
             settings = [s for s in settings if s.max_depth == network.config.depth]
+        if model == "sparserefine":  # the base alone, the tau chosen in training, refined fractions
+            settings = [s for s in settings if s.tau is None or s.tau == network.config.refine.tau]
         records += evaluate_settings(network, samples, settings, device, class_names=val.class_names)
     load_after = os.getloadavg()[0]
     (out_dir / "eval.json").write_text(json.dumps(records, indent=2))
     plot_accuracy_vs_cost(records, out_dir / "accuracy_vs_cost.png",
-                          "synthetic scenes 256x256: QGN's depth and threshold sweeps vs its dense twin")
+                          "synthetic scenes 256x256: QGN, SparseRefine and SegBlocks vs the dense twin")
     examples = [write_example(out_dir / f"example{i}.png", predictors, samples[i], val.class_names)
                 for i in range(min(3, len(samples)))]
     report = out_dir / "report.md"
@@ -103,8 +119,9 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None) -> Path:
 
 
 def write_example(path: Path, predictors: dict, sample, class_names) -> str:
-    """One figure: image, ground truth, QGN at full depth (leaf cells outlined) and its errors, QGN at depth 2,
-    and the dense twin's errors, with a legend of the class colours."""
+    """One figure, two rows: the image, its ground truth, QGN at full depth (leaf cells outlined) and its errors,
+    QGN at depth 2; the dense twin's errors, SparseRefine's refined pixels and errors, SegBlocks' high-resolution
+    blocks and errors; a legend of the class colours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,6 +132,8 @@ def write_example(path: Path, predictors: dict, sample, class_names) -> str:
     full = qgn.predict(image[None])
     coarse = qgn.predict(image[None], max_depth=2)
     dense = predictors["dense"].model.predict(image[None])
+    refined = predictors["sparserefine"].model.predict(image[None])
+    blocks = predictors["segblocks"].model.predict(image[None])
     rgb, truth = display_image(image), mask.numpy()
     tiles = [
         ("image", rgb),
@@ -123,16 +142,25 @@ def write_example(path: Path, predictors: dict, sample, class_names) -> str:
         (f"QGN full depth: errors ({_errors(full, truth):.2%})", error_map(rgb, full.labels[0].numpy(), truth)),
         (f"QGN depth 2 ({coarse.tree.num_nodes} nodes)", quadtree_overlay(rgb, coarse.tree.split()[0])),
         (f"dense twin: errors ({_errors(dense, truth):.2%})", error_map(rgb, dense.labels[0].numpy(), truth)),
+        (f"SparseRefine: {refined.stats['refined_fraction']:.1%} refined",
+         fine_overlay(rgb, refined.labels[0], refined.fine[0])),
+        (f"SparseRefine: errors ({_errors(refined, truth):.2%})", error_map(rgb, refined.labels[0].numpy(), truth)),
+        (f"SegBlocks: {blocks.stats['high_res_fraction']:.0%} blocks high-res",
+         fine_overlay(rgb, blocks.labels[0], blocks.fine[0])),
+        (f"SegBlocks: errors ({_errors(blocks, truth):.2%})", error_map(rgb, blocks.labels[0].numpy(), truth)),
     ]
-    fig, axes = plt.subplots(1, len(tiles) + 1, figsize=(3.0 * len(tiles) + 2.2, 3.3),
-                             gridspec_kw={"width_ratios": [1] * len(tiles) + [0.75]})
-    for ax, (title, tile) in zip(axes, tiles):
+    columns = len(tiles) // 2
+    fig, axes = plt.subplots(2, columns + 1, figsize=(3.0 * columns + 2.2, 6.4),
+                             gridspec_kw={"width_ratios": [1] * columns + [0.75]})
+    for index, (title, tile) in enumerate(tiles):
+        ax = axes[index // columns, index % columns]
         ax.imshow(tile, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    axes[-1].axis("off")
-    axes[-1].legend(handles=class_legend(len(class_names), list(class_names)), loc="center", fontsize=8,
-                    frameon=False, title="classes", title_fontsize=9)
+    for ax in axes[:, -1]:
+        ax.axis("off")
+    axes[0, -1].legend(handles=class_legend(len(class_names), list(class_names)), loc="center", fontsize=8,
+                       frameon=False, title="classes", title_fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -147,6 +175,13 @@ def _errors(prediction, truth: np.ndarray, ignore_index: int = 255) -> float:
 def render_report(cfg: DemoConfig, records: list[dict], examples: list[str], runs: dict, load: tuple) -> str:
     dense = next(r for r in records if r["model"] == "dense")
     full = next(r for r in records if r["model"] == "qgn" and r["max_depth"] == 5 and r["threshold"] is None)
+    base = next(r for r in records if r["model"] == "sparserefine" and r["setting"] == "base alone")
+    refined = next(r for r in records if r["model"] == "sparserefine" and r["tau"] is not None)
+    policy = next(r for r in records if r["model"] == "segblocks" and r["setting"] == "policy learned")
+
+    def versus(r: dict) -> str:
+        return (f"mIoU {r['miou']:.4f} at {r['macs'] / dense['macs']:.2f}x the dense twin's MACs and "
+                f"{r['peak_memory_mb'] / dense['peak_memory_mb']:.2f}x its peak memory")
 
     def trained(model: str) -> str:
         run = runs[model]
@@ -156,11 +191,14 @@ def render_report(cfg: DemoConfig, records: list[dict], examples: list[str], run
     lines = [
         "# qgn demo report",
         "",
-        f"Two networks with the same layers were trained on procedurally generated scenes (6 classes, "
+        f"Four models over the same layers were trained on procedurally generated scenes (6 classes, "
         f"{cfg.train_images} scenes of 256x256, random 128x128 crops, {cfg.steps} steps of batch 8, seed {cfg.seed}): "
-        f"QGN, whose decoder runs only at the nodes of the quadtree, and its dense twin, which runs the same "
-        f"layers at every pixel. Training took {trained('qgn')} for QGN and {trained('dense')} for the dense twin. "
-        f"Both are evaluated on {full['images']} unseen 256x256 scenes, one image at a time.",
+        f"QGN, whose decoder runs only at the nodes of the quadtree; its dense twin, which runs the same layers at "
+        f"every pixel; SparseRefine, which runs the trained dense twin (frozen) on the image at 1/4 resolution and "
+        f"refines its most uncertain pixels with a sparse U-Net (tau chosen for 10 % of the validation pixels); and "
+        f"SegBlocks, the dense network over 64-px blocks at two resolutions with a policy trained toward 40 % "
+        f"high-resolution blocks. Training took " + "; ".join(f"{trained(m)} for {NAMES[m]}" for m in MODELS) +
+        f". All are evaluated on {full['images']} unseen 256x256 scenes, one image at a time.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, Python "
         f"{platform.python_version()}, torch {torch.__version__}; 1-minute load average {load[0]:.2f} before "
@@ -169,23 +207,30 @@ def render_report(cfg: DemoConfig, records: list[dict], examples: list[str], run
             if max(load) > (os.cpu_count() or 1) else "."),
         "",
         "QGN's depth caps the quadtree: depth k paints the predicted classes at stride 2**(5-k); a threshold t "
-        "expands a node when P(MIXED) >= t (full depth). GMACs count convolutions and linear layers; latency is the "
+        "expands a node when P(MIXED) >= t (full depth). SparseRefine's settings: the base alone, the trained tau, "
+        "and fixed fractions of refined pixels. SegBlocks' settings: the learned policy (alone and under budgets), "
+        "all blocks high (= the dense network), all low (half resolution), an oracle that picks the blocks with "
+        "the most ground-truth boundary pixels, and a static baseline (the whole image at the one scale whose MACs "
+        "equal the target's). GMACs count convolutions and linear layers; latency is the "
         "median over the images after a warm-up; peak memory is the peak of live tensor storages during one "
         "prediction (in-process; see README for process-level figures).",
         "",
         format_table(records),
         "",
-        f"At full depth QGN reaches mIoU {full['miou']:.4f} with {full['macs'] / dense['macs']:.2f}x the dense "
-        f"twin's MACs and {full['peak_memory_mb'] / dense['peak_memory_mb']:.2f}x its peak memory "
-        f"(dense: mIoU {dense['miou']:.4f}).",
+        f"The dense twin reaches mIoU {dense['miou']:.4f}. QGN at full depth: {versus(full)}. SparseRefine: the base "
+        f"alone at 1/4 resolution {versus(base)}; refining {refined['refined_fraction']:.1%} of the pixels "
+        f"{versus(refined)}. SegBlocks' learned policy ({policy['high_res_fraction']:.0%} of the blocks at high "
+        f"resolution, target {policy['target']:.0%}): {versus(policy)}.",
         "",
         "![accuracy against cost](accuracy_vs_cost.png)",
         "",
         "## Examples",
         "",
-        "Each row: the image, its ground truth, QGN's prediction at full depth with the leaf cells of its predicted "
-        "quadtree outlined (cells smaller than 4 pixels are not outlined), QGN's wrong pixels in red (ignored "
-        "pixels grey), QGN stopped at depth 2, and the dense twin's wrong pixels.",
+        "Each figure: the image, its ground truth, QGN's prediction at full depth with the leaf cells of its "
+        "predicted quadtree outlined (cells smaller than 4 pixels are not outlined), QGN's wrong pixels in red "
+        "(ignored pixels grey), QGN stopped at depth 2; below, the dense twin's wrong pixels, SparseRefine's "
+        "refined pixels (bright, edged in magenta; the rest is the base's, dimmed) and its errors, SegBlocks' "
+        "high-resolution blocks (bright) and its errors.",
         "",
     ]
     lines += [f"![example {i}]({name})" for i, name in enumerate(examples)]

@@ -367,7 +367,8 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
     train_base, val_set = datasets_from_config(dcfg, mcfg, augment=False)  # augmented below, seeded per sample;
     #                                                                        dcfg.normalize "auto" is resolved there
     train_set = SeededAugment(train_base, Augment(dcfg.augment, mcfg.depth, mcfg.ignore_index), tcfg.seed)
-    collate = QuadtreeCollate(mcfg.depth, mcfg.ignore_index)
+    collate = QuadtreeCollate(mcfg.depth, mcfg.ignore_index,  # SegBlocks trains on whole blocks
+                              multiple=None if mcfg.segblocks is None else mcfg.segblocks.block_size)
     sampler = EpochOrder(len(train_set), tcfg.seed, rank, world_size)
     loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=tcfg.num_workers, drop_last=False)
