@@ -38,7 +38,8 @@ def cells_in_image(coords: torch.Tensor, stride: int, image_size: tuple[int, int
     """bool (N,): which cells (coords (N, 3) on a grid of `stride` pixels per cell) hold pixels of an image of
     `image_size` (H, W) padded at the bottom and right."""
     height, width = image_size
-    return (coords[:, 1].long() * stride < height) & (coords[:, 2].long() * stride < width)
+    # y * stride < height  <=>  y < ceil(height / stride) for cells y >= 0: no widening, no multiply
+    return (coords[:, 1] < -(-height // stride)) & (coords[:, 2] < -(-width // stride))
 
 
 def follow_tree(target: qt.Quadtree) -> ExpansionRule:

@@ -29,8 +29,11 @@ from qgn.config import QGNConfig
 from qgn.encoder import build_encoder
 from qgn.expansion import ExpansionRule, argmax_rule, cells_in_image, follow_tree
 from qgn.predict import Prediction, predict
-from qgn.stem import PixelStem
+from qgn.stem import PixelStem, stem_matrix
 from sparse_ops import ExpandChildren, SparseGeometry, SubMResBlock, gather_dense, tree_level
+from sparse_ops.backend import autocast_inputs
+from sparse_ops.expand import expansion_columns
+from sparse_ops.inference_weights import derived_weight
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +65,8 @@ class DecoderLevel(nn.Module):
         forward(parent_feats (M, C_prev), geometry: the 4M children's sites, images, features)
             -> (feats (4M, C_l), logits (4M, num_outputs))
         forward_dense(parent_map (B, C_prev, h, w), images, features) -> (map (B, C_l, 2h, 2w), logits map)
+    The sparse forward multiplies the weights of expansion, skip and head in matmul layout with the expansion's and
+    the skip's biases merged, derived once while autograd records nothing (`sparse_ops.inference_weights`).
     """
 
     def __init__(self, level: int, config: QGNConfig, encoder_channels: tuple[int, ...]):
@@ -81,14 +86,26 @@ class DecoderLevel(nn.Module):
         self.head = nn.Linear(c, self.num_outputs)
 
     def forward(self, parent_feats, geometry: SparseGeometry, images, features) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.expand(parent_feats)
-        if self.encoder_index is None:
-            feats = feats + self.skip(images, geometry)
-        else:
-            feats = feats + self.skip(gather_dense(features[self.encoder_index], geometry))
+        # expand + skip as two matmuls into one output, both biases added by the first; the weights in matmul
+        # layout (cast to the autocast dtype) are derived once for inference (sparse_ops.inference_weights)
+        columns, bias, skip_matrix, head_matrix, head_bias = derived_weight(
+            self, "matrices", _level_matrices, self.expand.weight, self.expand.bias, self.skip.weight,
+            self.skip.bias, self.head.weight, self.head.bias)
+        (parent_feats,) = autocast_inputs(parent_feats.device, parent_feats)
+        feats = torch.addmm(bias, parent_feats, columns).view(4 * parent_feats.shape[0], self.expand.out_channels)
+        feats = torch.addmm(feats, self._skip_input(geometry, images, features), skip_matrix)  # input freed here
         for block in self.blocks:
             feats = block(feats, geometry)
-        return feats, self.head(feats)
+        return feats, torch.addmm(head_bias, feats, head_matrix)
+
+    def _skip_input(self, geometry: SparseGeometry, images, features) -> torch.Tensor:
+        """What the skip multiplies at the level's nodes: the pixels around them ((N, k * k * C_in), PixelStem) or the
+        encoder features at them ((N, C_enc)), in the autocast dtype."""
+        if self.encoder_index is None:
+            skip = self.skip.patch_rows(images, geometry)
+        else:
+            skip = gather_dense(features[self.encoder_index], geometry)
+        return autocast_inputs(skip.device, skip)[0]
 
     def forward_dense(self, parent_map, images, features) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.expand.forward_dense(parent_map)
@@ -183,6 +200,11 @@ class QGN(nn.Module):
         chosen = None
         for level in range(last_level + 1):
             if level > 0:  # the children of the nodes chosen at the level above
+                if chosen.shape[0] == 0 and not torch.is_grad_enabled():
+                    # no node left to grow (its count is known on the host since the rule's nonzero): the deeper
+                    # levels are empty - without autograd nothing needs their (empty) computation
+                    growth.add_empty_levels(last_level, logits)
+                    break
                 feats, logits = self.levels[level - 1](feats[chosen], geometry, images, features)
             chosen = growth.add_level(geometry, logits, rule if level < last_level else None)
             if level < last_level:
@@ -237,6 +259,18 @@ class DenseTwin(QGN):
         return Decoding(growth.tree(), growth.level_logits, cells, full_logits)
 
 
+def _level_matrices(expand_weight, expand_bias, skip_weight, skip_bias, head_weight, head_bias):
+    """A decoder level's weights as its sparse forward multiplies them: the expansion's columns with the bias of
+    expansion and skip (repeated per child), the skip's matrix (nn.Linear's, or the PixelStem's), the head's."""
+    expand_weight, expand_bias, skip_weight, skip_bias, head_weight, head_bias = autocast_inputs(
+        expand_weight.device, expand_weight, expand_bias, skip_weight, skip_bias, head_weight, head_bias)
+    columns, bias = expansion_columns(expand_weight, expand_bias)
+    if skip_bias is not None:
+        bias = skip_bias.repeat(4) if bias is None else bias + skip_bias.repeat(4)
+    skip_matrix = skip_weight.t() if skip_weight.ndim == 2 else stem_matrix(skip_weight)
+    return columns, bias, skip_matrix, head_weight.t(), head_bias
+
+
 class _TreeGrowth:
     """The levels of the tree a decoder grows, and their logits: one `add_level` per computed level, `tree()` at
     the end - the one place a predicted tree is assembled."""
@@ -246,15 +280,19 @@ class _TreeGrowth:
         self.padded = qt.padded_size(self.image_size, 1 << config.depth) != self.image_size
         self.levels: list[qt.QuadtreeLevel] = []
         self.level_logits: list[torch.Tensor] = []
-        self._parent = torch.zeros(0, dtype=torch.long, device=device)
-        self._empty = qt.QuadtreeLevel(torch.zeros(0, 3, dtype=torch.int32, device=device), self._parent,
-                                       self._parent)
+        self._parent: torch.Tensor | None = None  # parent rows of the next level's nodes
+        self._empty: qt.QuadtreeLevel | None = None  # an empty level: views of the root's tensors (set at level 0)
 
     def add_level(self, geometry: SparseGeometry, logits: torch.Tensor, rule: ExpansionRule | None) -> torch.Tensor:
         """Record the next level (its nodes: `geometry`, children of the nodes chosen at the previous call); label
         it, let `rule` pick the nodes to expand (none when rule is None). Returns int64 (M,) their rows."""
         level = len(self.levels)
-        parent = self._parent if level else torch.full((geometry.num_sites,), -1, device=logits.device)
+        if level == 0:  # the roots' parents (-1), kept with the root grid's geometry: made once per grid
+            parent = geometry.derived(("tree", "root_parent"), lambda: torch.full(
+                (geometry.num_sites,), -1, dtype=torch.long, device=geometry.device))
+            self._empty = qt.QuadtreeLevel(geometry.coords[:0], parent[:0], parent[:0])
+        else:
+            parent = self._parent
         leaves = logits[:, :self.config.num_classes].argmax(1)
         if self.padded:  # nodes wholly in the padding are ignore leaves
             inside = cells_in_image(geometry.coords, 1 << (self.config.depth - level), self.image_size)
@@ -268,6 +306,13 @@ class _TreeGrowth:
         self.levels[-1] = tree_level(geometry, leaves.masked_fill(expand, qt.MIXED), parent)
         self._parent = chosen.repeat_interleave(4)
         return chosen
+
+    def add_empty_levels(self, last_level: int, logits: torch.Tensor) -> None:
+        """Record levels len(levels) .. last_level as empty (nothing expanded above them): their logits are empty
+        views of `logits` (any computed level's), their nodes the empty level of `tree()`."""
+        for level in range(len(self.level_logits), last_level + 1):
+            outputs = self.config.num_classes + (0 if level == self.config.depth else 1)
+            self.level_logits.append(logits[:0, :outputs])
 
     def tree(self) -> qt.Quadtree:
         levels = tuple(self.levels) + (self._empty,) * (self.config.depth + 1 - len(self.levels))

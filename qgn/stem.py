@@ -1,13 +1,13 @@
 """Pixel features at the fine levels (strides 1 and 2) that the encoder does not produce.
 
 `PixelStem` is a k x k convolution of the (average-pooled) image, evaluated only at a level's nodes: it reads
-the k x k patch of (pooled) pixels around each node straight from the image (`gather_patches`) and applies one
-matmul. Its weight has the
+the k x k window of (pooled) pixels around each node (`window_pixels`) and applies one matmul. Its weight has the
 `F.conv2d` layout, so the dense twin is `F.conv2d(pooled_image, weight, bias, padding=k // 2)`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -15,13 +15,63 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_ops import SparseGeometry
+from sparse_ops.backend import autocast_inputs
+from sparse_ops.inference_weights import derived_weight
+from sparse_ops.rulebook import window_index
+
+
+def window_pixels(images: torch.Tensor, coords: torch.Tensor, kernel_size: int = 3, stride: int = 1) -> torch.Tensor:
+    """The k x k window of pixels around each node in the image average-pooled to `stride`, zero outside the image.
+
+    Pooled (stride > 1): one gather from the pooled image with a zero border (`bordered_pixels`) at the cells
+    `rulebook.window_index` gives. Full resolution (stride 1): no bordered copy of the image (at 1024x2048 it would
+    set the memory peak of a prediction) - read at the clamped positions, the taps outside the image zeroed.
+
+    Args:
+        images: float (B, C, H, W), H and W multiples of `stride`.
+        coords: int (N, 3) (batch, y, x) in the grid of stride `stride`.
+    Returns:
+        (N, k * k, C), taps in (ky, kx) order.
+    """
+    batch, channels, height, width = images.shape
+    if stride == 1:
+        return _clamped_window(images, coords, kernel_size)
+    window = window_index(coords, (height // stride, width // stride), batch, kernel_size, 1)
+    return bordered_pixels(images, stride, kernel_size // 2)[window]
+
+
+def bordered_pixels(images: torch.Tensor, stride: int, border: int) -> torch.Tensor:
+    """The image average-pooled to `stride` with `border` cells of zeros on every side, as a (B * h' * w', C) view
+    (h' = H / stride + 2 * border, w' likewise): row (b * h' + y) * w' + x is pixel (b, y, x) of the bordered
+    grid - the positions `rulebook.window_index` gives for a kernel reaching `border` cells. Two ops at most:
+    pool, then pad."""
+    channels = images.shape[1]
+    pooled = F.avg_pool2d(images, stride) if stride > 1 else images
+    # padding the (C, B, h, w) view stores it channel-major; with neither border nor pooling, reshape copies
+    return F.pad(pooled.transpose(0, 1), (border,) * 4).reshape(channels, -1).t()
+
+
+def _clamped_window(images: torch.Tensor, coords: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """`window_pixels` at stride 1: (N, k * k, C) read at the clamped positions, zero where a tap leaves the image."""
+    batch, channels, height, width = images.shape
+    b, y, x = coords.unbind(1)
+    steps = _steps(kernel_size, coords.dtype, coords.device)
+    rows, cols = y[:, None] + steps, x[:, None] + steps  # (N, k) the taps' rows and columns
+    kept_rows, kept_cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
+    # advanced indices around a slice: the indexed dims, broadcast to (N, k, k), come first -> (N, k, k, C)
+    pixels = images[b[:, None, None], :, kept_rows[:, :, None], kept_cols[:, None, :]]
+    inside = (kept_rows == rows)[:, :, None] & (kept_cols == cols)[:, None, :]
+    return (pixels * inside[..., None]).view(coords.shape[0], kernel_size * kernel_size, channels)
+
+
+@functools.lru_cache(maxsize=None)
+def _steps(kernel_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(k,) offsets -k // 2 .. k // 2 of a window's rows (and columns), made once per device."""
+    return torch.arange(-(kernel_size // 2), kernel_size // 2 + 1, dtype=dtype, device=device)
 
 
 def gather_patches(images: torch.Tensor, coords: torch.Tensor, kernel_size: int = 3, stride: int = 1) -> torch.Tensor:
     """The k x k neighbourhood of each node in the image average-pooled to `stride`, zero outside the image.
-
-    Reads only the pixels it needs (k * k * stride**2 per node and channel): neither the pooled image nor a
-    padded copy is built.
 
     Args:
         images: float (B, C, H, W), H and W multiples of `stride`.
@@ -30,20 +80,8 @@ def gather_patches(images: torch.Tensor, coords: torch.Tensor, kernel_size: int 
         (N, C * k * k), columns in (c, ky, kx) order - as `F.unfold(F.avg_pool2d(images, stride), k, padding=k // 2)`
         read at the nodes, and as `weight.flatten(1)` of a conv.
     """
-    batch, channels, height, width = images.shape
-    n = coords.shape[0]
-    b, y, x = coords.long().unbind(1)
-    taps = torch.arange(kernel_size, device=images.device) - kernel_size // 2
-    ty, tx = y[:, None] + taps, x[:, None] + taps  # (N, k): rows and columns in the pooled grid
-    valid = ((ty >= 0) & (ty < height // stride))[:, :, None] & ((tx >= 0) & (tx < width // stride))[:, None, :]
-    sub = torch.arange(stride, device=images.device)
-    rows = (ty.clamp(0, height // stride - 1)[:, :, None] * stride + sub)  # (N, k, s) pixel rows
-    cols = (tx.clamp(0, width // stride - 1)[:, :, None] * stride + sub)  # (N, k, s) pixel columns
-    # Advanced indices around a slice: the indexed dims come first -> (N, k, s, k, s, C).
-    pixels = images[b[:, None, None, None, None], :, rows[:, :, :, None, None], cols[:, None, None, :, :]]
-    pooled = pixels.mean(dim=(2, 4)) if stride > 1 else pixels[:, :, 0, :, 0]  # (N, k, k, C)
-    pooled = pooled * valid[..., None]
-    return pooled.permute(0, 3, 1, 2).reshape(n, channels * kernel_size ** 2)
+    pixels = window_pixels(images, coords, kernel_size, stride)  # (N, k * k, C)
+    return pixels.transpose(1, 2).reshape(coords.shape[0], images.shape[1] * kernel_size ** 2)
 
 
 class PixelStem(nn.Module):
@@ -66,8 +104,30 @@ class PixelStem(nn.Module):
         return images if self.stride == 1 else F.avg_pool2d(images, self.stride)
 
     def forward(self, images: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
-        patches = gather_patches(images, geometry.coords, self.kernel_size, self.stride)
-        return torch.addmm(self.bias, patches, self.weight.flatten(1).t())
+        patches = self.patch_rows(images, geometry)
+        (patches,) = autocast_inputs(patches.device, patches)
+        matrix, bias = self.weight_matrix()
+        return torch.addmm(bias, patches, matrix)
+
+    def patch_rows(self, images: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
+        """(N, k * k * C): the k x k patch of pooled pixels around each site of `geometry` (a level of this stem's
+        stride over `images` (B, C_in, H, W)), columns in (ky, kx, c) order - `weight_matrix`'s rows."""
+        batch, channels, height, width = images.shape
+        if geometry.spatial_shape != (height // self.stride, width // self.stride) or geometry.batch_size != batch:
+            raise ValueError(f"the sites lie on a {geometry.batch_size} x {geometry.spatial_shape} grid but the "
+                             f"images {tuple(images.shape)} pooled to stride {self.stride} give a {batch} x "
+                             f"{(height // self.stride, width // self.stride)} one; pass the level of stride "
+                             f"{self.stride} of these images")
+        k = self.kernel_size
+        if geometry.num_sites == 0:  # no pass over the image for an empty level
+            return images.new_zeros(0, k * k * channels)
+        pixels = window_pixels(images, geometry.coords, k, self.stride)  # (N, k * k, C)
+        return pixels.view(pixels.shape[0], k * k * channels)
+
+    def weight_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k * k * C_in, C_out) weight with rows in `patch_rows`' column order, and the bias, both cast to the
+        autocast dtype; derived once while autograd records nothing (`sparse_ops.inference_weights`)."""
+        return derived_weight(self, "matrix", _cast_stem_matrix, self.weight, self.bias)
 
     def forward_dense(self, images: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self.pooled(images), self.weight, self.bias, padding=self.kernel_size // 2)
@@ -77,3 +137,14 @@ class PixelStem(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, kernel_size={self.kernel_size}"
+
+
+def stem_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A stem's conv weight (C_out, C_in, k, k) as the (k * k * C_in, C_out) matrix `PixelStem.patch_rows` multiply."""
+    c_out, c_in, k, _ = weight.shape
+    return weight.permute(2, 3, 1, 0).reshape(k * k * c_in, c_out)
+
+
+def _cast_stem_matrix(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = autocast_inputs(weight.device, weight, bias)
+    return stem_matrix(weight), bias

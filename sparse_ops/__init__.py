@@ -7,6 +7,7 @@ Every op takes the features of a level, (N, C) - one row per node - and the leve
 of its levels (`level_geometry(tree, level)`), so every op of a level shares one rulebook; a tree the network
 grows carries the geometries it was computed with (`tree_level`). Every module has a dense twin
 (`forward_dense`) with the same weights, and `sparse_ops.reference` holds the dense definitions the tests use.
+Without autograd the modules reuse their weights in matmul layout (`sparse_ops.inference_weights`).
 """
 
 import quadtree  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_ops import backend as _backend
+from sparse_ops.inference_weights import derived_weight, records_autograd
 from sparse_ops.init import reset_conv_parameters
 
 
@@ -31,23 +32,36 @@ def expand_children(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if isinstance(feats, torch.Tensor):
         feats, weight, bias = _backend.autocast_inputs(feats.device, feats, weight, bias)
     _check_expand_args(feats, weight, bias)
+    return _expand(feats, *expansion_columns(weight, bias))
+
+
+def expansion_columns(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`expand_children`'s weight as one matrix: (C_in, 4 * C_out), columns (dy, dx, c_out) - the product
+    (N, 4 * C_out) is already (4N, C_out) in child order, only the small weight is permuted, never the output - and
+    the bias repeated for the four children, (4 * C_out,) or None."""
     c_in, c_out = weight.shape[:2]
-    # columns (dy, dx, c_out): the product (N, 4 * C_out) is already (4N, C_out) in child order - only the small
-    # weight is permuted, never the output
-    columns = weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
-    out = feats @ columns if bias is None else torch.addmm(bias.repeat(4), feats, columns)
-    return out.view(4 * feats.shape[0], c_out)
+    return weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out), None if bias is None else bias.repeat(4)
+
+
+def _expand(feats: torch.Tensor, columns: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = feats @ columns if bias is None else torch.addmm(bias, feats, columns)
+    return out.view(4 * feats.shape[0], columns.shape[1] // 4)
+
+
+def _check_feats(feats, in_channels: int | None) -> None:
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or not feats.is_floating_point():
+        raise ValueError("feats must be a float tensor (N, C_in), one row per parent")
+    if in_channels is not None and in_channels != feats.shape[1]:
+        raise ValueError(f"weight expects C_in={in_channels} (weight is (C_in, C_out, 2, 2), as for "
+                         f"F.conv_transpose2d) but feats has {feats.shape[1]} channels")
 
 
 def _check_expand_args(feats, weight, bias) -> None:
-    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or not feats.is_floating_point():
-        raise ValueError("feats must be a float tensor (N, C_in), one row per parent")
+    _check_feats(feats, None)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or tuple(weight.shape[2:]) != (2, 2):
         raise ValueError(f"weight must be (C_in, C_out, 2, 2) as for F.conv_transpose2d, got "
                          f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
-    if weight.shape[0] != feats.shape[1]:
-        raise ValueError(f"weight expects C_in={weight.shape[0]} (weight is (C_in, C_out, 2, 2), as for "
-                         f"F.conv_transpose2d) but feats has {feats.shape[1]} channels")
+    _check_feats(feats, weight.shape[0])
     if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (weight.shape[1],)):
         raise ValueError(f"bias must be None or of shape ({weight.shape[1]},)")
     _backend.check_like_feats(feats, weight=weight, bias=bias)
@@ -76,7 +90,19 @@ class ExpandChildren(nn.Module):
         reset_conv_parameters(self.weight, self.bias, self.out_channels * 4)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return expand_children(feats, self.weight, self.bias)
+        if not isinstance(feats, torch.Tensor) or records_autograd(feats, self.weight, self.bias):
+            return expand_children(feats, self.weight, self.bias)
+        # inference: the columns and repeated bias (cast as autocast casts a matmul's inputs) are derived once
+        (feats,) = _backend.autocast_inputs(feats.device, feats)
+        columns, bias = self.weight_matrix()
+        _check_feats(feats, self.in_channels)
+        _backend.check_like_feats(feats, weight=columns)
+        return _expand(feats, columns, bias)
+
+    def weight_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`expansion_columns` of the parameters, cast to the autocast dtype; derived once while autograd records
+        nothing (`sparse_ops.inference_weights`)."""
+        return derived_weight(self, "columns", _cast_columns, self.weight, self.bias)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(x, self.weight, self.bias, stride=2)
@@ -87,3 +113,7 @@ class ExpandChildren(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}"
+
+
+def _cast_columns(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return expansion_columns(*_backend.autocast_inputs(weight.device, weight, bias))

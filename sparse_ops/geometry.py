@@ -8,7 +8,9 @@ same geometry object to every conv of a level and the rulebook is built by the f
 A quadtree is the carrier: `level_geometry(tree, level)` builds the geometry of a level on first use and keeps
 it with the level's nodes, and a tree grown by the network keeps the geometries it was computed with
 (`tree_level`). `grid` (every cell: a root level) and `children` (the next level of chosen sites) derive new
-geometries without re-validating them.
+geometries without re-validating them, and remember how: the neighbour table of a grid is its index map's windows,
+and that of `children` is read off the coarser level's table (`rulebook.child_neighbour_table`), with no map of
+the grid. `grid` returns the same geometry (and so its cached rulebooks) for the same grid and device.
 
 The geometry itself is immutable (coords are validated and frozen at construction); only the cache of derived
 structures grows. `to_spconv_tensor` exposes the cached rulebooks to spconv's own modules under the same keys.
@@ -16,6 +18,7 @@ structures grows. `to_spconv_tensor` exposes the cached rulebooks to spconv's ow
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +44,9 @@ class SparseGeometry:
     spatial_shape: tuple[int, int]
     batch_size: int
     _cache: dict = field(default_factory=dict, init=False, repr=False)
+    _origin: tuple | None = field(default=None, init=False, repr=False)
+    """("grid",) for `grid`, ("children", parent geometry, index) for `children`, else None: how the sites were
+    derived, which gives cheaper rulebooks."""
 
     def __post_init__(self):
         coords = backend.as_int32_coords(self.coords)
@@ -53,21 +59,24 @@ class SparseGeometry:
 
     # ---- construction -----------------------------------------------------------------------------------------
     @classmethod
-    def _trusted(cls, coords: torch.Tensor, spatial_shape: tuple[int, int], batch_size: int) -> "SparseGeometry":
+    def _trusted(cls, coords: torch.Tensor, spatial_shape: tuple[int, int], batch_size: int,
+                 origin: tuple | None = None) -> "SparseGeometry":
         """A geometry from int32 contiguous coords known to be unique and in-grid (derived by the methods below)."""
         geometry = object.__new__(cls)
         object.__setattr__(geometry, "coords", coords)
         object.__setattr__(geometry, "spatial_shape", (int(spatial_shape[0]), int(spatial_shape[1])))
         object.__setattr__(geometry, "batch_size", int(batch_size))
         object.__setattr__(geometry, "_cache", {})
+        object.__setattr__(geometry, "_origin", origin)
         return geometry
 
     @classmethod
     def grid(cls, batch_size: int, spatial_shape: tuple[int, int], device: torch.device | str = "cpu"
              ) -> "SparseGeometry":
-        """Every cell of a (batch_size, h, w) grid, in (batch, y, x) order (a quadtree's root level)."""
+        """Every cell of a (batch_size, h, w) grid, in (batch, y, x) order (a quadtree's root level). The same
+        object for the same grid and device (its rulebooks are built once)."""
         h, w = check_spatial_shape(spatial_shape)
-        return cls._trusted(quadtree.root_coords(check_batch_size(batch_size), h, w, device), (h, w), batch_size)
+        return _grid(check_batch_size(batch_size), h, w, torch.device(device))
 
     def children(self, index: torch.Tensor | None = None) -> "SparseGeometry":
         """The four children of the sites `index` (int64 (M,) unique rows; default all) on the (2h, 2w) grid.
@@ -76,9 +85,12 @@ class SparseGeometry:
         (dy, dx) order (`quadtree.child_coords`).
         """
         parents = self.coords if index is None else self.coords[index]
+        scale, offsets = _child_steps(self.device)
+        # (M, 1, 3) * (1, 2, 2) + (4, 3) offsets (0, dy, dx): one op; children of unique in-grid parents are unique
+        # and in-grid, nothing to re-validate
+        coords = torch.addcmul(offsets, parents[:, None, :], scale).view(-1, 3)
         h, w = self.spatial_shape
-        # children of unique in-grid parents are unique and in-grid: nothing to re-validate
-        return SparseGeometry._trusted(quadtree.child_coords(parents), (2 * h, 2 * w), self.batch_size)
+        return SparseGeometry._trusted(coords, (2 * h, 2 * w), self.batch_size, ("children", self, index))
 
     def downsampled(self) -> tuple["SparseGeometry", torch.Tensor]:
         """The sites of a stride-2 sparse conv's output (`sparse_ops.strided_conv2d`) and each site's parent; cached.
@@ -139,9 +151,22 @@ class SparseGeometry:
         return self._cache[key]
 
     def neighbour_table(self, kernel_size: int, dilation: int) -> torch.Tensor:
-        """int64 (N, k*k) neighbour rows, N for missing neighbours (see `rulebook.neighbour_table`); cached."""
-        return self.derived(("torch", self.indice_key(kernel_size, dilation)), lambda: rulebook.neighbour_table(
-            self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation))
+        """int64 (N, k*k) neighbour rows, N for missing neighbours (see `rulebook.neighbour_table`); cached. A grid
+        reads it off its index map, `children` off the coarser level's table (built there, and kept, if needed)."""
+        return self.derived(("torch", self.indice_key(kernel_size, dilation)),
+                            lambda: self._neighbour_table(kernel_size, dilation))
+
+    def _neighbour_table(self, kernel_size: int, dilation: int) -> torch.Tensor:
+        if self._origin is not None and self._origin[0] == "grid":
+            return rulebook.grid_neighbour_table(self.batch_size, self.spatial_shape, kernel_size, dilation,
+                                                 self.device)
+        if self._origin is not None and self._origin[0] == "children":
+            _, parent, index = self._origin
+            if index is None:  # every site of the parent
+                index = torch.arange(parent.num_sites, device=self.device)
+            parent_table = parent.neighbour_table(rulebook.parent_kernel_size(kernel_size, dilation), 1)
+            return rulebook.child_neighbour_table(parent_table, index, kernel_size, dilation)
+        return rulebook.neighbour_table(self.coords, self.spatial_shape, self.batch_size, kernel_size, dilation)
 
     def spconv_rulebook(self, kernel_size: int, dilation: int):
         """spconv's indice data for a submanifold conv (see `rulebook.spconv_rulebook`); cached."""
@@ -159,6 +184,19 @@ class SparseGeometry:
         return api.spconv.SparseConvTensor(
             feats, self.coords, list(self.spatial_shape), self.batch_size, indice_dict=indice_dict
         )
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(batch_size: int, h: int, w: int, device: torch.device) -> SparseGeometry:
+    return SparseGeometry._trusted(quadtree.root_coords(batch_size, h, w, device), (h, w), batch_size, ("grid",))
+
+
+@functools.lru_cache(maxsize=None)
+def _child_steps(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 (3,) scale (1, 2, 2) and (4, 3) offsets (0, dy, dx) of the children, in their storage order."""
+    offsets = torch.zeros(4, 3, dtype=torch.int32)
+    offsets[:, 1:] = quadtree.CHILD_OFFSETS
+    return torch.tensor([1, 2, 2], dtype=torch.int32, device=device), offsets.to(device)
 
 
 def level_geometry(tree, level: int) -> SparseGeometry:

@@ -31,17 +31,22 @@ def chunk_rows(table: torch.Tensor, channels: int) -> int:
     return max(1, CHUNK_ELEMENTS // (table.shape[1] * channels))
 
 
-def im2col_matmul(feats: torch.Tensor, table: torch.Tensor, wmat: torch.Tensor) -> torch.Tensor:
-    """out[i] = concat_t(feats[table[i, t]] or 0) @ wmat: (M, D), in row chunks. feats (N, C), table (M, T),
-    wmat (T * C, D)."""
+def im2col_matmul(feats: torch.Tensor, table: torch.Tensor, wmat: torch.Tensor, bias: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """out[i] = concat_t(feats[table[i, t]] or 0) @ wmat (+ bias, in the same op): (M, D), in row chunks.
+    feats (N, C), table (M, T), wmat (T * C, D), bias (D,) or None."""
     padded = with_zero_row(feats)
     rows = table.shape[0]
     step = chunk_rows(table, feats.shape[1])
     if step >= rows:
-        return gather_columns(padded, table) @ wmat
+        cols = gather_columns(padded, table)
+        return cols @ wmat if bias is None else torch.addmm(bias, cols, wmat)
     out = feats.new_empty(rows, wmat.shape[1])
-    for start in range(0, rows, step):
-        torch.mm(gather_columns(padded, table[start:start + step]), wmat, out=out[start:start + step])
+    for start in range(0, rows, step):  # no name holds a block: one block is alive at a time
+        if bias is None:
+            torch.mm(gather_columns(padded, table[start:start + step]), wmat, out=out[start:start + step])
+        else:
+            torch.addmm(bias, gather_columns(padded, table[start:start + step]), wmat, out=out[start:start + step])
     return out
 
 

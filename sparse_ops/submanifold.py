@@ -13,6 +13,9 @@ Backends ("auto", the default, picks one per device: `backend.resolve_backend`):
 Under `torch.autocast` the convolution follows autocast's rules: float32 features, weight and bias are cast to the
 autocast dtype and the output has that dtype (float64 stays float64). bfloat16 runs the torch backend (spconv
 has no bfloat16 kernels); its weight gradient is accumulated over row chunks in float32.
+
+`SubMConv2d` without autograd (inference) keeps its weight in the layout the backend reads, cast to the autocast
+dtype (`sparse_ops.inference_weights`), and adds the bias in the matmul: one gather and one matmul per conv.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sparse_ops import backend as _backend
 from sparse_ops.init import reset_conv_parameters
 from sparse_ops.geometry import SparseGeometry
 from sparse_ops.im2col import gathered_product, im2col_matmul
+from sparse_ops.inference_weights import derived_weight, records_autograd
 
 def submanifold_conv2d(
     feats: torch.Tensor,
@@ -49,9 +53,7 @@ def submanifold_conv2d(
     Returns:
         (N, C_out) of `feats`' dtype (the autocast dtype under autocast), rows in the order of the sites.
     """
-    if not isinstance(geometry, SparseGeometry):
-        raise ValueError(f"geometry must be a SparseGeometry, got {type(geometry).__name__}; build one with "
-                         f"SparseGeometry(coords, (h, w), batch_size) or sparse_ops.level_geometry(tree, level)")
+    _check_geometry(geometry)
     if isinstance(feats, torch.Tensor):
         feats, weight, bias = _backend.autocast_inputs(feats.device, feats, weight, bias)
     _check_conv_args(feats, geometry, weight, bias, dilation)
@@ -76,13 +78,25 @@ def _submanifold_conv2d(feats, geometry: SparseGeometry, weight, bias, dilation:
     return out if bias is None else out.add_(bias)
 
 
-def _spconv_subm(feats: torch.Tensor, geometry: SparseGeometry, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+def _check_geometry(geometry) -> None:
+    if not isinstance(geometry, SparseGeometry):
+        raise ValueError(f"geometry must be a SparseGeometry, got {type(geometry).__name__}; build one with "
+                         f"SparseGeometry(coords, (h, w), batch_size) or sparse_ops.level_geometry(tree, level)")
+
+
+def _spconv_filters(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, k, k) -> (C_out, k, k, C_in): spconv's KRSC layout."""
+    return weight.permute(0, 2, 3, 1).contiguous()
+
+
+def _spconv_subm(feats: torch.Tensor, geometry: SparseGeometry, weight: torch.Tensor, dilation: int,
+                 filters: torch.Tensor | None = None) -> torch.Tensor:
     if feats.dtype not in _backend.SPCONV_DTYPES:
         raise ValueError(f"backend='spconv' supports {', '.join(map(str, _backend.SPCONV_DTYPES))}, got "
                          f"{feats.dtype}; cast the features and weights or use backend='torch'")
     k = weight.shape[-1]
     data = geometry.spconv_rulebook(k, dilation)
-    filters = weight.permute(0, 2, 3, 1).contiguous()  # (C_out, k, k, C_in): spconv's KRSC layout
+    filters = _spconv_filters(weight) if filters is None else filters
     feats = feats.contiguous()
     n = geometry.num_sites
     api = _backend.spconv_api()
@@ -100,6 +114,17 @@ def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     """(C_out, C_in, k, k) -> (k*k*C_in, C_out), rows ordered (tap, c_in) like the gathered columns."""
     c_out, c_in, k, _ = weight.shape
     return weight.permute(2, 3, 1, 0).reshape(k * k * c_in, c_out)
+
+
+def _inference_weights(spconv: bool):
+    """build(weight, bias) -> (weight, bias, matrix) for `derived_weight`: the parameters cast as autocast casts
+    a convolution's inputs, and the weight as the backend reads it (spconv's filters, or `_weight_matrix`)."""
+
+    def build(weight, bias):
+        weight, bias = _backend.autocast_inputs(weight.device, weight, bias)
+        return weight, bias, _spconv_filters(weight) if spconv else _weight_matrix(weight)
+
+    return build
 
 
 class _TorchSubmConv(torch.autograd.Function):
@@ -193,7 +218,30 @@ class SubMConv2d(nn.Module):
         reset_conv_parameters(self.weight, self.bias, self.in_channels * self.kernel_size ** 2)
 
     def forward(self, feats: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
-        return submanifold_conv2d(feats, geometry, self.weight, self.bias, self.dilation, self.backend)
+        if not isinstance(feats, torch.Tensor) or records_autograd(feats, self.weight, self.bias):
+            return submanifold_conv2d(feats, geometry, self.weight, self.bias, self.dilation, self.backend)
+        return self._inference_forward(feats, geometry)
+
+    def _inference_forward(self, feats: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
+        """`submanifold_conv2d` where autograd records nothing: the weight in the layout the backend reads (cast to
+        the autocast dtype) is derived once (`sparse_ops.inference_weights`), and the bias is added by the matmul."""
+        _check_geometry(geometry)
+        (feats,) = _backend.autocast_inputs(feats.device, feats)
+        name = _backend.resolve_backend(self.backend, feats.device, feats.dtype)
+        k = self.kernel_size
+        spconv = name == "spconv" and k > 1
+        weight, bias, matrix = derived_weight(self, "spconv" if spconv else "torch", _inference_weights(spconv),
+                                              self.weight, self.bias)
+        _check_conv_args(feats, geometry, weight, bias, self.dilation)
+        with torch.autocast(feats.device.type, enabled=False):
+            if spconv:
+                if feats.shape[0] == 0:
+                    return feats.new_zeros(0, self.out_channels)
+                out = _spconv_subm(feats, geometry, weight, self.dilation, matrix)
+                return out if bias is None else out.add_(bias)
+            if k == 1:
+                return feats @ matrix if bias is None else torch.addmm(bias, feats, matrix)
+            return im2col_matmul(feats, geometry.neighbour_table(k, self.dilation), matrix, bias)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         """The dense twin: the same convolution at every pixel of x (B, C_in, H, W) -> (B, C_out, H, W)."""

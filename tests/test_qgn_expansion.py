@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import quadtree as qt
-from qgn.expansion import argmax_rule, follow_tree, keep_top, threshold_rule, within_budget
+from qgn.expansion import argmax_rule, cells_in_image, follow_tree, keep_top, threshold_rule, within_budget
 
 
 def reference_keep_top(expand, score, batch, budget):
@@ -38,3 +38,13 @@ def test_rules_on_a_grown_tree_with_padding():
     assert torch.equal(threshold_rule(2, 0.5)(0, logits, tree), inside)
     assert int(within_budget(argmax_rule(2), 2, 2)(0, logits, tree).sum()) == 2
     assert torch.equal(follow_tree(tree)(0, logits, tree), tree.levels[0].labels == qt.MIXED)  # not the logits
+
+
+def test_cells_in_image_equals_the_pixel_test():
+    """A cell holds image pixels when its first pixel row and column lie inside the image."""
+    coords = torch.stack(torch.meshgrid(torch.zeros(1, dtype=torch.int64), torch.arange(9), torch.arange(11),
+                                        indexing="ij"), -1).reshape(-1, 3).int()
+    for stride in (1, 2, 4, 8):
+        for image_size in [(1, 1), (7, 13), (16, 16), (33, 40), (72, 88)]:
+            expected = (coords[:, 1].long() * stride < image_size[0]) & (coords[:, 2].long() * stride < image_size[1])
+            assert torch.equal(cells_in_image(coords, stride, image_size), expected)

@@ -64,3 +64,18 @@ def test_a_folded_network_refuses_to_train():
     with pytest.raises(RuntimeError, match="load_model"):
         folded.train()
     folded.eval()  # inference stays possible
+
+
+def test_weights_derived_for_inference_before_folding_are_not_the_folded_ones():
+    """A model that predicted (and so derived its inference weights) folds into a copy that derives its own."""
+    model = trained_like("qgn")
+    images = torch.randn(2, 3, 40, 56)
+    tree = qt.encode(torch.randint(0, 4, (2, 40, 56)), 3)
+    before = model.predict(images, oracle_tree=tree)
+    folded = fold_batch_norm(model)
+    target = qt.encode(qt.pad_to_multiple(torch.randint(0, 4, (2, 40, 56)), 8, 255), 3)
+    padded = qt.pad_to_multiple(images, 8)
+    with torch.no_grad():
+        for a, b in zip(model(padded, target).level_logits, folded(padded, target).level_logits):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert (folded.predict(images, oracle_tree=tree).labels == before.labels).float().mean() > 0.999

@@ -192,3 +192,51 @@ def test_autocast_forward_training_and_predict(device, dtype, backend):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert all(p.grad is None or (p.grad.dtype == torch.float32 and bool(p.grad.isfinite().all()))
                for p in model.parameters())
+
+
+@pytest.mark.parametrize("backend", ["spconv", "torch"])
+def test_inference_follows_weight_updates_and_equals_the_training_path(nuclei, backend):
+    """Without autograd the decoder multiplies weights derived once (matmul layouts, merged biases); after every
+    optimizer step its outputs equal those of the training path and of a fresh model with the updated weights."""
+    torch.manual_seed(0)
+    model = QGN(small_config(backend=backend)).double()
+    masks = np.stack([(nuclei["instances"][:32, :64] > 0), nuclei["instances"][64:96, 96:160] % 3]).astype(np.uint8)
+    tree = qt.encode(masks, 3)
+    images = torch.randn(2, 3, 32, 64, dtype=torch.float64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(3):
+        model.eval()
+        with torch.no_grad():
+            kept = model(images, tree).level_logits
+        recorded = model(images, tree).level_logits  # autograd on: every weight derived anew
+        for a, b in zip(kept, recorded):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        model.train()
+        optimizer.zero_grad()
+        sum((logits ** 2).sum() for logits in model(images, tree).level_logits).backward()
+        optimizer.step()
+    model.eval()
+    fresh = QGN(model.config).double().eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for a, b in zip(model(images, tree).level_logits, fresh(images, tree).level_logits):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        a, b = model.predict(images), fresh.predict(images)
+    assert torch.equal(a.labels, b.labels) and a.nodes_per_level == b.nodes_per_level
+
+
+def test_inference_stops_where_nothing_is_expanded():
+    """A level without expanded nodes ends the decoding without autograd: the deeper levels are empty, with empty
+    logits of the right width - what the full computation (autograd on) gives."""
+    torch.manual_seed(0)
+    model = QGN(small_config()).eval()
+    images = torch.randn(1, 3, 32, 40)
+    tree = qt.encode(np.zeros((1, 32, 40), np.uint8), 3)  # no MIXED node
+    with torch.no_grad():
+        quick = model(images, tree)
+    full = model(images, tree)
+    assert [tuple(l.shape) for l in quick.level_logits] == [tuple(l.shape) for l in full.level_logits] == [
+        (20, 4), (0, 4), (0, 4), (0, 3)]
+    assert quick.nodes_per_level == full.nodes_per_level == [20, 0, 0, 0]
+    assert quick.tree.equal(full.tree)
+    torch.testing.assert_close(quick.level_logits[0], full.level_logits[0].detach(), rtol=0, atol=0)

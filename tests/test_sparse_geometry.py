@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import quadtree
-from sparse_ops import SparseGeometry, level_geometry, submanifold_conv2d, tree_level
+from sparse_ops import SparseGeometry, level_geometry, rulebook, submanifold_conv2d, tree_level
 from sparse_ops.backend import spconv_api
 
 
@@ -94,6 +94,25 @@ def test_grid_and_children_are_the_quadtree_levels(nuclei):
     whole = SparseGeometry(torch.tensor([[0, 0, 1], [1, 1, 0]]), (2, 3), 2).children()
     assert whole.spatial_shape == (4, 6) and whole.coords.tolist() == [
         [0, 0, 2], [0, 0, 3], [0, 1, 2], [0, 1, 3], [1, 2, 0], [1, 2, 1], [1, 3, 0], [1, 3, 1]]
+
+
+def test_grown_levels_derive_the_tables_of_their_sites(nuclei):
+    """grid() and children() build their neighbour tables without an index map of the grid (windows of the root's,
+    then each level's from the level above): exactly the tables of their coords; grid() is built once per grid."""
+    mask = torch.from_numpy((nuclei["instances"][:256, :320] % 7).astype(np.uint8))
+    tree = quadtree.encode(torch.stack([mask, mask.flip(1)]), depth=5)
+    geometry = SparseGeometry.grid(2, tree.level_shape(0))
+    assert SparseGeometry.grid(2, tree.level_shape(0)) is geometry
+    assert SparseGeometry.grid(1, tree.level_shape(0)) is not geometry
+    levels = [geometry]
+    for level in range(tree.depth):
+        mixed = torch.nonzero(tree.levels[level].labels == quadtree.MIXED).flatten()
+        levels.append(levels[-1].children(mixed))
+    levels.append(levels[-1].children())  # every site's children (index None)
+    for geometry in reversed(levels):  # finest first: each builds the tables it reads above it
+        for k, dilation in [(3, 1), (3, 2), (5, 1), (1, 1)]:
+            expected = rulebook.neighbour_table(geometry.coords, geometry.spatial_shape, 2, k, dilation)
+            assert torch.equal(geometry.neighbour_table(k, dilation), expected)
 
 
 def test_tree_level_keeps_the_geometry_it_was_computed_with():

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+import quadtree
 from sparse_ops import backend, kernel_offsets, neighbour_table, spconv_rulebook
+from sparse_ops.rulebook import child_neighbour_table, grid_neighbour_table, parent_kernel_size, window_index
 
 
 def brute_force_table(coords, shape, k, dilation):
@@ -28,6 +30,39 @@ def test_neighbour_table_equals_brute_force(k, dilation):
     table = neighbour_table(coords, (9, 7), 2, k, dilation)
     assert table.dtype == torch.int64 and table.shape == (coords.shape[0], k * k)
     assert torch.equal(table, brute_force_table(coords, (9, 7), k, dilation))
+
+
+@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 1), (3, 2), (5, 1), (5, 2), (7, 1)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_grid_and_child_tables_equal_brute_force(k, dilation, batch):
+    """The two structured constructions give exactly the table of the sites they describe: every cell of a grid,
+    and the children of chosen sites of a coarser level (read off that level's table)."""
+    g = torch.Generator().manual_seed(10 * k + dilation + batch)
+    grid = quadtree.root_coords(batch, 5, 6)
+    assert torch.equal(grid_neighbour_table(batch, (5, 6), k, dilation), brute_force_table(grid, (5, 6), k, dilation))
+    coords = torch.nonzero(torch.rand(batch, 9, 7, generator=g) < 0.5).int().contiguous()
+    parent_table = neighbour_table(coords, (9, 7), batch, parent_kernel_size(k, dilation), 1)
+    for fraction in (0.0, 0.5, 1.0):
+        index = torch.nonzero(torch.rand(coords.shape[0], generator=g) < fraction).flatten()
+        children = quadtree.child_coords(coords[index])
+        table = child_neighbour_table(parent_table, index, k, dilation)
+        assert table.dtype == torch.int64 and table.shape == (children.shape[0], k * k)
+        assert torch.equal(table, brute_force_table(children, (18, 14), k, dilation))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_window_index_is_where_each_tap_falls_in_the_bordered_grid(batch):
+    g = torch.Generator().manual_seed(batch)
+    coords = torch.nonzero(torch.rand(batch, 6, 5, generator=g) < 0.5).int().contiguous()
+    for k, dilation in [(1, 1), (3, 1), (3, 2), (5, 1)]:
+        r = dilation * (k // 2)
+        height, width = 6 + 2 * r, 5 + 2 * r
+        b, y, x = coords.long().unbind(1)
+        dy, dx = kernel_offsets(k, dilation).unbind(1)
+        expected = (b[:, None] * height + y[:, None] + dy + r) * width + x[:, None] + dx + r
+        window = window_index(coords, (6, 5), batch, k, dilation)
+        assert window.dtype == torch.int32 and torch.equal(window.long(), expected)
+        assert torch.equal(window_index(coords.long(), (6, 5), batch, k, dilation), expected)  # int64 in, int64 out
 
 
 @pytest.mark.parametrize("k,dilation", [(3, 1), (5, 2)])
