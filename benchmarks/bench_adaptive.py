@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,7 @@ def run_command(command: list[str]) -> float:
 
 def train_and_evaluate(name: str, root: Path, steps: int, models: list[str], limit: int | None) -> list[dict]:
     """Train every model on data set `name` into `root`, evaluate each on the test split; the records."""
+    root.mkdir(parents=True, exist_ok=True)
     flags, eval_spec, blocks = data_flags(name, root)
     config = root / "train.yaml"  # validate at the end only: the comparison is on the test split
     config.write_text("train:\n  val_every: 100000\n  log_every: 50\n  seed: 0\n")
@@ -89,8 +91,9 @@ def train_and_evaluate(name: str, root: Path, steps: int, models: list[str], lim
         run_command(qgn_command("eval", "--checkpoint", str(root / run / "last.pt"), "--data", eval_spec, "--split",
                                 "test", *sweep, *([] if limit is None else ["--limit", str(limit)]),
                                 "--json", str(evaluation)))
+        load = round(os.getloadavg()[0], 2)  # the 1-minute load average the evaluation ran under, about
         for record in json.loads(evaluation.read_text()):
-            record.update(data=name, run=run, train_seconds=round(seconds, 1), train_steps=steps,
+            record.update(data=name, run=run, train_seconds=round(seconds, 1), train_steps=steps, load_avg_1min=load,
                           **series_of(run, record))
             records.append(record)
         print(f"[{name}] {run}: trained {steps} steps in {seconds:.0f} s, {len(records)} records", file=sys.stderr)
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_adaptive_") as tmp:
         for name in data:
             records += train_and_evaluate(name, Path(tmp) / name, args.steps, models, args.limit)
+            if args.out:  # what is measured is kept, whatever happens to the next data set
+                harness.write_json(Path(args.out) / "adaptive.json", records)
     for record in records:
         record.update(argv=argv)
     print(report(records, argv, Path(args.out) if args.out else None))

@@ -261,12 +261,17 @@ def plot_accuracy_vs_cost(records: list[dict], path, title: str = "") -> None:
               "sparserefine": ("P-", "tab:red"), "segblocks, learned policy": ("X-", "tab:brown"),
               "segblocks, baselines": ("*", "tab:gray")}
     offsets = {"qgn, depth sweep": (6, -10), "qgn, threshold sweep": (-8, 6), "qgn, budget sweep": (6, 6)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    spare = iter([("D-", "tab:cyan"), ("h-", "tab:olive"), ("p-", "tab:pink"), ("d-", "tab:gray"),
+                  ("<-", "black"), (">-", "tab:blue"), ("8-", "tab:red"), ("H-", "tab:green")])
+    for name in series:  # the others (a record's own "series"): distinct styles, in order of appearance
+        if name not in styles:
+            styles[name] = next(spare, ("D", "black"))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for ax, key, xlabel in ((axes[0], "macs", "GMACs per image"), (axes[1], "peak_memory_mb", "peak memory (MiB)")):
         for name, rows in series.items():
             rows = sorted(rows, key=lambda r: r[key])
             xs = [r[key] / (1e9 if key == "macs" else 1) for r in rows]
-            style, colour = styles.get(name, ("D", None))
+            style, colour = styles[name]
             label = "dense twin (full depth)" if name == "dense" else name
             ax.plot(xs, [r["miou"] for r in rows], style, color=colour, label=label, markersize=6)
             dx, dy = offsets.get(name, (6, 4))
@@ -277,7 +282,7 @@ def plot_accuracy_vs_cost(records: list[dict], path, title: str = "") -> None:
         ax.set_ylabel("mIoU")
         ax.margins(x=0.1, y=0.06)  # room for the point labels
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -353,3 +353,40 @@ def test_sparserefine_trains_over_a_base_checkpoint_evaluates_and_infers(tmp_pat
     assert main(["train", "--model", "sparserefine", "--base-checkpoint", str(run / "last.pt"), "--out",
                  str(tmp_path / "r2")]) == 2
     assert "a SparseRefine base is a checkpoint of" in capsys.readouterr().err
+
+
+def test_segblocks_trains_evaluates_its_baselines_and_infers(tmp_path, capsys):
+    """`qgn train --model segblocks` on crops that are not whole blocks (the collate pads them), `qgn eval --sweep`
+    with the policy and its baselines, `qgn infer` with the high-resolution blocks drawn."""
+    from PIL import Image
+
+    from qgn.checkpoint import load_checkpoint
+
+    run = tmp_path / "blocks"
+    assert main(["train", "--model", "segblocks", "--block-size", "32", "--target", "0.3", "--policy-gamma", "1",
+                 "--policy-weight", "1", "--data", "synthetic:4,size=64", "--depth", "3", "--crop", "40",
+                 "--epochs", "1", "--batch-size", "2", "--out", str(run), "--no-progress"]) == 0
+    blocks = load_checkpoint(run / "last.pt")["config"]["model"]["segblocks"]
+    assert blocks == {"block_size": 32, "target": 0.3, "policy_gamma": 1.0, "policy_weight": 1.0, "policy_width": 64}
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("val" in r for r in log)
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--limit", "2", "--sweep", "--json",
+                 str(tmp_path / "e.json")]) == 0
+    records = {r["setting"]: r for r in json.loads((tmp_path / "e.json").read_text())}
+    assert {"policy learned", "policy high", "policy low", "policy oracle, fraction 0.3"} <= set(records)
+    assert records["policy high"]["high_res_fraction"] == 1 and records["policy low"]["high_res_fraction"] == 0
+    assert records["policy low"]["macs"] < records["policy learned"]["macs"] <= records["policy high"]["macs"]
+    assert all(r["target"] == 0.3 for r in records.values())
+    static = next(r for s, r in records.items() if s.startswith("policy static"))
+    assert abs(static["macs"] / records["policy high"]["macs"] - (0.3 + 0.7 / 4)) < 0.1  # the target's cost
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(run / "last.pt"), "--policy", "high",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "100% of the blocks at high resolution" in capsys.readouterr().out
+    assert Image.open(tmp_path / "out" / "a_overlay.png").size == (50, 37)
+    assert main(["infer", str(tmp_path / "a.png"), "--checkpoint", str(run / "last.pt"), "--policy", "static",
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "--scale" in capsys.readouterr().err
+    assert main(["train", "--model", "segblocks", "--block-size", "24", "--depth", "3", "--data",
+                 "synthetic:4,size=64", "--out", str(tmp_path / "bad")]) == 2
+    assert "multiple of 2**(depth + 1)" in capsys.readouterr().err
