@@ -91,16 +91,21 @@ class _DensePart(nn.Module):
 
 
 def dense_conv_macs(model, padded_shape: tuple[int, int, int, int]) -> int:
-    """MACs of every nn.Conv2d of the encoder, root and root head on images of `padded_shape`, counted by hooks in a
-    run on the meta device (shapes only; no memory, no arithmetic; grad mode, so the stem is never striped)."""
-    dense = _DensePart(model)
-    state = {name: t.to("meta") for name, t in [*dense.named_parameters(), *dense.named_buffers()]}
+    """MACs of every nn.Conv2d of the encoder, root and root head on images of `padded_shape` (`meta_conv2d_macs`)."""
+    return meta_conv2d_macs(_DensePart(model), padded_shape)
+
+
+def meta_conv2d_macs(module: nn.Module, inputs_shape: tuple[int, ...], *args) -> int:
+    """MACs of every nn.Conv2d inside `module` called on a tensor of `inputs_shape` (and `args`), counted by
+    `conv2d_macs` in a run on the meta device (shapes only; no memory, no arithmetic; grad mode, so the encoder's
+    stem is never striped)."""
+    state = {name: t.to("meta") for name, t in [*module.named_parameters(), *module.named_buffers()]}
 
     def run():
         with torch.enable_grad():
-            torch.func.functional_call(dense, state, (torch.empty(padded_shape, device="meta"),))
+            torch.func.functional_call(module, state, (torch.empty(inputs_shape, device="meta"), *args))
 
-    return conv2d_macs(dense, run)
+    return conv2d_macs(module, run)
 
 
 def conv2d_macs(module: nn.Module, run) -> int:

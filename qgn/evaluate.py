@@ -263,9 +263,10 @@ def plot_accuracy_vs_cost(records: list[dict], path, title: str = "") -> None:
     offsets = {"qgn, depth sweep": (6, -10), "qgn, threshold sweep": (-8, 6), "qgn, budget sweep": (6, 6)}
     spare = iter([("D-", "tab:cyan"), ("h-", "tab:olive"), ("p-", "tab:pink"), ("d-", "tab:gray"),
                   ("<-", "black"), (">-", "tab:blue"), ("8-", "tab:red"), ("H-", "tab:green")])
-    for name in series:  # the others (a record's own "series"): distinct styles, in order of appearance
-        if name not in styles:
-            styles[name] = next(spare, ("D", "black"))
+    for name in series:  # the others (a record's own "series"): distinct styles, in order of appearance; points
+        if name not in styles:  # of a "baselines" series are not one curve: no line
+            marker, colour = next(spare, ("D", "black"))
+            styles[name] = (marker.rstrip("-") if "baselines" in name else marker, colour)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for ax, key, xlabel in ((axes[0], "macs", "GMACs per image"), (axes[1], "peak_memory_mb", "peak memory (MiB)")):
         for name, rows in series.items():

@@ -108,6 +108,11 @@ class DecoderLevel(nn.Module):
         return autocast_inputs(skip.device, skip)[0]
 
     def forward_dense(self, parent_map, images, features) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.dense_features(parent_map, images, features)
+        return x, F.conv2d(x, self.head.weight[:, :, None, None], self.head.bias)
+
+    def dense_features(self, parent_map, images, features) -> torch.Tensor:
+        """`forward_dense` without the head: the level's map (B, C_l, 2h, 2w)."""
         x = self.expand.forward_dense(parent_map)
         if self.encoder_index is None:
             x = x + self.skip.forward_dense(images)
@@ -115,7 +120,7 @@ class DecoderLevel(nn.Module):
             x = x + F.conv2d(features[self.encoder_index], self.skip.weight[:, :, None, None], self.skip.bias)
         for block in self.blocks:
             x = block.forward_dense(x)
-        return x, F.conv2d(x, self.head.weight[:, :, None, None], self.head.bias)
+        return x
 
     def macs_per_node(self) -> int:
         """Multiply-accumulates per node of this level (submanifold convs counted at all k*k taps)."""
@@ -123,6 +128,20 @@ class DecoderLevel(nn.Module):
         skip = self.skip.macs_per_site() if isinstance(self.skip, PixelStem) else self.skip.in_features * c
         return self.expand.macs_per_child() + skip + sum(b.macs_per_site() for b in self.blocks) + \
             c * self.num_outputs
+
+
+def check_images(images, in_channels: int, multiple: int = 1, multiple_name: str = "", padder: str = "") -> None:
+    """ValueError unless `images` is a float tensor (B, in_channels, H, W) with H and W multiples of `multiple`
+    (named `multiple_name` in the message; `padder`: what pads automatically) - the check of every engine model."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a float tensor (B, {in_channels}, H, W), got {got}")
+    if images.shape[1] != in_channels:
+        raise ValueError(f"the model takes {in_channels}-channel images, got {images.shape[1]} channels; convert "
+                         f"the images (e.g. gray <-> RGB) or train with in_channels={images.shape[1]}")
+    if images.shape[2] % multiple or images.shape[3] % multiple:
+        raise ValueError(f"image size {tuple(images.shape[2:])} must be a multiple of {multiple_name} = {multiple}; "
+                         f"crop or pad the images ({padder} pads automatically)")
 
 
 class QGN(nn.Module):
@@ -152,17 +171,7 @@ class QGN(nn.Module):
         return self.config.num_classes
 
     def check_images(self, images: torch.Tensor) -> None:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor (B, {self.config.in_channels}, H, W), got "
-                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-        if images.shape[1] != self.config.in_channels:
-            raise ValueError(f"the model takes {self.config.in_channels}-channel images, got {images.shape[1]} "
-                             f"channels; convert the images (e.g. gray <-> RGB) or train with in_channels="
-                             f"{images.shape[1]}")
-        cell = 1 << self.config.depth
-        if images.shape[2] % cell or images.shape[3] % cell:
-            raise ValueError(f"image size {tuple(images.shape[2:])} must be a multiple of 2**depth = {cell}; crop "
-                             f"or pad the images (qgn.predict.predict pads automatically)")
+        check_images(images, self.config.in_channels, 1 << self.config.depth, "2**depth", "qgn.predict.predict")
 
     def forward(self, images: torch.Tensor, tree: qt.Quadtree) -> Decoding:
         self.check_images(images)

@@ -39,9 +39,9 @@ import quadtree as qt
 from qgn import block_layout as bl
 from qgn.block_layout import BlockLayout, BlockMap
 from qgn.config import QGNConfig
-from qgn.cost import conv2d_macs
+from qgn.cost import meta_conv2d_macs
 from qgn.encoder import BasicBlock, ResNetEncoder
-from qgn.model import DecoderLevel, DenseTwin
+from qgn.model import DecoderLevel, DenseTwin, check_images
 from qgn.predict import Prediction
 from qgn.stem import PixelStem
 from sparse_ops import SubMConv2d, SubMResBlock
@@ -223,13 +223,7 @@ def dense_network_logits(network: DenseTwin, images: torch.Tensor) -> torch.Tens
     features = network.encoder(images)
     x = network.root(features[-1])
     for level in network.levels[:-1]:
-        x = level.expand.forward_dense(x)
-        if level.encoder_index is None:
-            x = x + level.skip.forward_dense(images)
-        else:
-            x = x + F.conv2d(features[level.encoder_index], level.skip.weight[:, :, None, None], level.skip.bias)
-        for block in level.blocks:
-            x = block.forward_dense(x)
+        x = level.dense_features(x, images, features)
     return network.levels[-1].forward_dense(x, images, features)[1]
 
 
@@ -240,18 +234,6 @@ class _EncoderAndRoot(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network.root(self.network.encoder(images)[-1])
-
-
-def meta_conv2d_macs(module: nn.Module, inputs_shape: tuple[int, ...], *args) -> int:
-    """MACs of every nn.Conv2d inside `module` when called on a tensor of `inputs_shape` (and `args`), counted by
-    `qgn.cost.conv2d_macs` in a shape-only run on the meta device (grad mode: the encoder's stem is never striped)."""
-    state = {name: t.to("meta") for name, t in [*module.named_parameters(), *module.named_buffers()]}
-
-    def run():
-        with torch.enable_grad():
-            torch.func.functional_call(module, state, (torch.empty(inputs_shape, device="meta"), *args))
-
-    return conv2d_macs(module, run)
 
 
 def network_macs(network: DenseTwin, height: int, width: int) -> int:
@@ -364,16 +346,8 @@ class SegBlocks(nn.Module):
         return self.config.segblocks.block_size
 
     def check_images(self, images: torch.Tensor, whole_blocks: bool = True) -> None:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor (B, {self.config.in_channels}, H, W), got "
-                             f"{bl.describe(images)}")
-        if images.shape[1] != self.config.in_channels:
-            raise ValueError(f"the model takes {self.config.in_channels}-channel images, got {images.shape[1]} "
-                             f"channels; convert the images (e.g. gray <-> RGB) or train with in_channels="
-                             f"{images.shape[1]}")
-        if whole_blocks and (images.shape[2] % self.block_size or images.shape[3] % self.block_size):
-            raise ValueError(f"image size {tuple(images.shape[2:])} must be a multiple of block_size = "
-                             f"{self.block_size}; crop or pad the images (SegBlocks.predict pads automatically)")
+        check_images(images, self.config.in_channels, self.block_size if whole_blocks else 1, "block_size",
+                     "SegBlocks.predict")
 
     def grid_shape(self, images: torch.Tensor) -> tuple[int, int]:
         return images.shape[2] // self.block_size, images.shape[3] // self.block_size

@@ -23,7 +23,7 @@ from torch import nn
 
 import quadtree as qt
 from qgn.config import QGNConfig
-from qgn.model import QGN, DenseTwin
+from qgn.model import QGN, DenseTwin, check_images
 from qgn.predict import Prediction
 from sparse_ops import NodeBatchNorm, SparseGeometry, SubMConv2d
 from sparse_ops.strided import StridedConv2d, TransposedConv2d
@@ -312,11 +312,7 @@ class SparseRefine(nn.Module):
         return self.refine(images, valid=valid)
 
     def check_images(self, images: torch.Tensor) -> None:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor (B, {self.config.in_channels}, H, W), got "
-                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-        if images.shape[1] != self.config.in_channels:
-            raise ValueError(f"the model takes {self.config.in_channels}-channel images, got {images.shape[1]}")
+        check_images(images, self.config.in_channels)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tau: float | None = None, budget: int | None = None,
