@@ -100,7 +100,8 @@ def settings_for(model, max_depth: int | None = None, sweep: bool = False) -> li
     if kind in ("qgn", "dense"):
         return sweep_settings(model.config.depth, max_depth, thresholds=sweep)
     if max_depth is not None:
-        raise ValueError(f"max_depth is a knob of qgn and dense models, not of {kind}")
+        raise ValueError(f"max_depth (--max-depth) is a knob of qgn and dense models, not of {kind}; drop it (--sweep "
+                         f"adds {kind}'s other settings)")
     if kind == "sparserefine":
         tau = model.config.refine.tau
         settings = [Setting(fraction=0.0)] + ([Setting(tau=tau)] if tau is not None else [])
@@ -206,11 +207,11 @@ def detail(record: dict) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    """A markdown table of `evaluate_settings` records."""
+    """A markdown table of `evaluate_settings` records (a record's "run", when it has one, names its row's model)."""
     lines = ["| model | setting | mIoU | pixel acc. | computed | GMACs | latency ms | peak MiB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['model']} | {r['setting']} | {r['miou']:.4f} | {r['pixel_accuracy']:.4f} | {detail(r)} | "
+        lines.append(f"| {r.get('run') or r['model']} | {r['setting']} | {r['miou']:.4f} | {r['pixel_accuracy']:.4f} | {detail(r)} | "
                      f"{r['macs'] / 1e9:.3f} | {r['latency_ms']:.1f} | {r['peak_memory_mb']:.1f} |")
     return "\n".join(lines)
 

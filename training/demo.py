@@ -27,8 +27,15 @@ from training.datasets import DataConfig, build_dataset
 from training.trainer import train
 from training.transforms import AugmentConfig
 
-MODELS = ("qgn", "dense", "sparserefine", "segblocks")  # in training order: SparseRefine's base is the dense run
-NAMES = {"qgn": "QGN", "dense": "the dense twin", "sparserefine": "SparseRefine", "segblocks": "SegBlocks"}
+RUNS = ("qgn", "dense", "sparserefine", "segblocks", "segblocks_t0.2")  # in training order: SparseRefine's base is
+#                                                                          the dense run
+NAMES = {"qgn": "QGN", "dense": "the dense twin", "sparserefine": "SparseRefine", "segblocks": "SegBlocks (t = 0.4)",
+         "segblocks_t0.2": "SegBlocks (t = 0.2)"}
+
+
+def block_target(run: str) -> float:
+    """The high-resolution target of a SegBlocks run of the demo."""
+    return 0.2 if run == "segblocks_t0.2" else 0.4
 
 
 @dataclass
@@ -43,9 +50,11 @@ class DemoConfig:
         return f"synthetic:{self.val_images},size=256"
 
 
-def demo_run_config(cfg: DemoConfig, model: str, out_dir: str | Path = ".") -> RunConfig:
-    """The run of `model`: the same data, crops, steps and seed for all; SparseRefine over `out_dir`'s dense run
-    (base at 1/4 resolution, tau chosen for 10 % refined pixels), SegBlocks with 64-px blocks toward t = 0.4."""
+def demo_run_config(cfg: DemoConfig, run: str, out_dir: str | Path = ".") -> RunConfig:
+    """The config of `run` (one of RUNS): the same data, crops, steps and seed for all; SparseRefine over `out_dir`'s
+    dense run (base at 1/4 resolution, tau chosen for 10 % refined pixels), SegBlocks with 64-px blocks toward
+    t = 0.4 ("segblocks") and 0.2 ("segblocks_t0.2")."""
+    model = run.split("_")[0]
     data = DataConfig(dataset=f"synthetic:{cfg.train_images},size=256", val_dataset=cfg.val_spec,
                       augment=AugmentConfig(crop=(128, 128), scale_range=(0.75, 1.25)))
     train_cfg = TrainConfig(epochs=1000, max_steps=cfg.steps, batch_size=8, lr=3e-3, seed=cfg.seed, val_every=1000,
@@ -55,7 +64,7 @@ def demo_run_config(cfg: DemoConfig, model: str, out_dir: str | Path = ".") -> R
         sections["refine"] = RefineConfig(base_checkpoint=str(Path(out_dir) / "run_dense" / "last.pt"),
                                           base_scale=0.25, tau=None, refine_fraction=0.1)
     if model == "segblocks":
-        sections["segblocks"] = SegBlocksConfig(block_size=64, target=0.4)
+        sections["segblocks"] = SegBlocksConfig(block_size=64, target=block_target(run))
     return RunConfig(model=QGNConfig(num_classes=6, depth=5, model=model, **sections), data=data, train=train_cfg)
 
 
@@ -91,22 +100,28 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig | None = None) -> Path:
         raise ValueError(f"--out {out_dir} is an existing file; name a directory for the demo")
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
-    runs = {model: train_or_resume(cfg, model, out_dir / f"run_{model}") for model in MODELS}
+    runs = {run: train_or_resume(cfg, run, out_dir / f"run_{run}") for run in RUNS}
 
     print("[demo] evaluating every model at its settings on the validation scenes")
     device = torch.device("cpu")
-    predictors = {model: load_predictor(out_dir / f"run_{model}" / "last.pt", device) for model in MODELS}
+    predictors = {run: load_predictor(out_dir / f"run_{run}" / "last.pt", device) for run in RUNS}
     val = build_dataset(cfg.val_spec, "val", 6, normalize=predictors["qgn"].normalize)
     samples = [val[i] for i in range(len(val))]
     records = []
-    for model, predictor in predictors.items():
+    for run, predictor in predictors.items():
         network = predictor.model
-        settings = settings_for(network, sweep=model != "dense")
-        if model == "dense":
+        settings = settings_for(network, sweep=run != "dense")
+        if run == "dense":
             settings = [s for s in settings if s.max_depth == network.config.depth]
-        if model == "sparserefine":  # the base alone, the tau chosen in training, refined fractions
+        if run == "sparserefine":  # the base alone, the tau chosen in training, refined fractions
             settings = [s for s in settings if s.tau is None or s.tau == network.config.refine.tau]
-        records += evaluate_settings(network, samples, settings, device, class_names=val.class_names)
+        if run == "segblocks_t0.2":  # all-high and all-low are the t = 0.4 run's (the same network kind)
+            settings = [s for s in settings if s.policy not in ("high", "low")]
+        for record in evaluate_settings(network, samples, settings, device, class_names=val.class_names):
+            if record["model"] == "segblocks":
+                kind = "learned policy" if record["policy"] == "learned" else "baselines"
+                record.update(run=run, series=f"segblocks t={block_target(run)}, {kind}")
+            records.append(record)
     load_after = os.getloadavg()[0]
     (out_dir / "eval.json").write_text(json.dumps(records, indent=2))
     plot_accuracy_vs_cost(records, out_dir / "accuracy_vs_cost.png",
@@ -177,7 +192,8 @@ def render_report(cfg: DemoConfig, records: list[dict], examples: list[str], run
     full = next(r for r in records if r["model"] == "qgn" and r["max_depth"] == 5 and r["threshold"] is None)
     base = next(r for r in records if r["model"] == "sparserefine" and r["setting"] == "base alone")
     refined = next(r for r in records if r["model"] == "sparserefine" and r["tau"] is not None)
-    policy = next(r for r in records if r["model"] == "segblocks" and r["setting"] == "policy learned")
+    policies = [next(r for r in records if r.get("run") == run and r["setting"] == "policy learned")
+                for run in ("segblocks", "segblocks_t0.2")]
 
     def versus(r: dict) -> str:
         return (f"mIoU {r['miou']:.4f} at {r['macs'] / dense['macs']:.2f}x the dense twin's MACs and "
@@ -197,7 +213,8 @@ def render_report(cfg: DemoConfig, records: list[dict], examples: list[str], run
         f"every pixel; SparseRefine, which runs the trained dense twin (frozen) on the image at 1/4 resolution and "
         f"refines its most uncertain pixels with a sparse U-Net (tau chosen for 10 % of the validation pixels); and "
         f"SegBlocks, the dense network over 64-px blocks at two resolutions with a policy trained toward 40 % "
-        f"high-resolution blocks. Training took " + "; ".join(f"{trained(m)} for {NAMES[m]}" for m in MODELS) +
+        f"(and, a second run, 20 %) high-resolution blocks. Training took " +
+        "; ".join(f"{trained(run)} for {NAMES[run]}" for run in RUNS) +
         f". All are evaluated on {full['images']} unseen 256x256 scenes, one image at a time.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, Python "
@@ -219,8 +236,9 @@ def render_report(cfg: DemoConfig, records: list[dict], examples: list[str], run
         "",
         f"The dense twin reaches mIoU {dense['miou']:.4f}. QGN at full depth: {versus(full)}. SparseRefine: the base "
         f"alone at 1/4 resolution {versus(base)}; refining {refined['refined_fraction']:.1%} of the pixels "
-        f"{versus(refined)}. SegBlocks' learned policy ({policy['high_res_fraction']:.0%} of the blocks at high "
-        f"resolution, target {policy['target']:.0%}): {versus(policy)}.",
+        f"{versus(refined)}. SegBlocks' learned policy: " + "; ".join(
+            f"trained toward {p['target']:.0%}, it runs {p['high_res_fraction']:.0%} of the blocks at high "
+            f"resolution, {versus(p)}" for p in policies) + ".",
         "",
         "![accuracy against cost](accuracy_vs_cost.png)",
         "",
