@@ -73,8 +73,11 @@ class SegBlocksConfig:
     policy_gamma: float = 10.0  # weight of the compute term in the REINFORCE advantage (the paper; the code: 1)
     policy_weight: float = 4.0  # weight of the policy loss added to the task loss (the paper; the code: 1)
     policy_width: int = 64  # channels of the policy network's convolutions
+    policy_lr_scale: float = 1.0  # the policy network's learning rate relative to the network's
 
     def __post_init__(self):
+        if self.policy_lr_scale <= 0:
+            raise ValueError(f"policy_lr_scale must be > 0, got {self.policy_lr_scale}")
         if not 0 <= self.target <= 1:
             raise ValueError(f"target is a fraction of high-resolution blocks in 0..1, got {self.target}")
         if self.block_size < 2 or self.policy_width < 1 or self.policy_gamma < 0 or self.policy_weight < 0:

@@ -61,7 +61,8 @@ def run_config_from_args(args: argparse.Namespace):
     sections = {"refine": {"base_checkpoint": args.base_checkpoint, "base_scale": args.base_scale, "tau": args.tau,
                            "refine_fraction": args.refine_fraction},
                 "segblocks": {"block_size": args.block_size, "target": args.target,
-                              "policy_gamma": args.policy_gamma, "policy_weight": args.policy_weight}}
+                              "policy_gamma": args.policy_gamma, "policy_weight": args.policy_weight,
+                              "policy_lr_scale": args.policy_lr_scale}}
     for name, flags_of_section in sections.items():
         given = {key: value for key, value in flags_of_section.items() if value is not None}
         if given:
@@ -199,6 +200,8 @@ def add_commands(commands) -> None:
                                            f"(default {blocks_d.policy_gamma}, the paper's; the official code: 1)")
     add("--policy-weight", type=float, help=f"segblocks: weight of the policy loss (default "
                                             f"{blocks_d.policy_weight}, the paper's; the official code: 1)")
+    add("--policy-lr-scale", type=float, help=f"segblocks: the policy network's learning rate relative to --lr "
+                                              f"(default {blocks_d.policy_lr_scale})")
     add("--encoder", choices=list(ENCODERS), help=f"dense encoder (default {model_d.encoder})")
     add("--backend", choices=list(BACKENDS), help="sparse convs: auto = torch on CPU, spconv on CUDA "
                                                   f"(default {model_d.backend})")

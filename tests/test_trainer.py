@@ -254,3 +254,22 @@ def test_the_run_reports_last_best_and_test_and_logs_strict_json(tmp_path):
     assert saved.mode == "fixed" and len(saved.mean) == 3  # "auto" resolved from the training images, stored
     again = train(config, tmp_path / "run", resume=True)  # already finished: nothing to train, same figures
     assert again["step"] == 8 and again["miou"] == result["miou"]
+
+
+def test_segblocks_policy_learns_at_its_own_scaled_rate_and_sparserefine_trains_only_its_refiner():
+    from qgn import build_model
+    from qgn.config import RefineConfig, SegBlocksConfig
+    from training.trainer import build_optimizer
+
+    architecture = dict(num_classes=3, depth=3, encoder_channels=(8, 8), decoder_channels=(8, 8, 8, 8))
+    blocks = build_model(QGNConfig(model="segblocks", segblocks=SegBlocksConfig(block_size=16, policy_lr_scale=0.1),
+                                   **architecture))
+    optimizer = build_optimizer(blocks, TrainConfig(lr=0.01))
+    network, policy = optimizer.param_groups
+    assert {id(p) for p in policy["params"]} == {id(p) for p in blocks.policy.parameters()}
+    assert network["lr_scale"] == 1.0 and policy["lr_scale"] == 0.1
+    assert not {id(p) for p in network["params"]} & {id(p) for p in policy["params"]}
+    refine = build_model(QGNConfig(model="sparserefine", refine=RefineConfig(widths=(4, 8)), **architecture))
+    (group,) = build_optimizer(refine, TrainConfig()).param_groups
+    assert {id(p) for p in group["params"]} == {id(p) for p in refine.parameters() if p.requires_grad}
+    assert not {id(p) for p in group["params"]} & {id(p) for p in refine.base.parameters()}

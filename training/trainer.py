@@ -94,8 +94,16 @@ class EpochOrder(Sampler):
 
 # ---- optimisation ----------------------------------------------------------------------------------------------
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer of the parameters that train (SparseRefine's frozen base has none)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer of the parameters that train (SparseRefine's frozen base has none). SegBlocks' policy network
+    is its own group, its learning rate scaled by `policy_lr_scale` (the group's "lr_scale")."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    blocks = getattr(getattr(model, "config", None), "segblocks", None)
+    if blocks is None:
+        params = [{"params": trainable, "lr_scale": 1.0}]
+    else:
+        policy = {id(p) for p in model.policy.parameters()}
+        params = [{"params": [p for p in trainable if id(p) not in policy], "lr_scale": 1.0},
+                  {"params": [p for p in trainable if id(p) in policy], "lr_scale": blocks.policy_lr_scale}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -229,7 +237,7 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
         images, masks, tree = images.to(device), masks.to(device), tree.to(device)
         lr = cfg.lr * lr_factor(progress.step, total_steps, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(cfg.amp, device):
             losses = model_losses(criterion, model(images, tree), tree, masks)
         if not torch.isfinite(losses["loss"]):
