@@ -3,6 +3,7 @@ import torch
 
 from qgn import QGN, QGNConfig
 from qgn.encoder import ResNetEncoder, build_encoder
+from batch_norms import randomize_batch_norms
 
 
 def test_resnet_encoder_strides_and_channels():
@@ -30,10 +31,7 @@ def test_pretrained_efficientnet_lite0_loads_the_shipped_imagenet_weights():
 def test_tiled_stem_in_inference_equals_the_whole_stem():
     torch.manual_seed(0)
     encoder = ResNetEncoder(3, (8, 12, 16, 20)).double()
-    for module in encoder.modules():  # non-trivial running statistics
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-1, 1)
-            module.running_var.uniform_(0.5, 2)
+    randomize_batch_norms(encoder, affine=False)
     encoder.eval()
     images = torch.randn(1, 3, 4 * 45, 64, dtype=torch.float64)  # 45 stride-4 rows: tiles of 8 leave a remainder
     whole = encoder(images)

@@ -8,6 +8,7 @@ from qgn import QGNConfig, build_model
 from qgn.fold import fold_batch_norm
 from sparse_ops import NodeBatchNorm, SubMConv2d
 from sparse_ops.batchnorm import FoldedBatchNorm
+from batch_norms import randomize_batch_norms
 
 
 def trained_like(kind: str, **overrides):
@@ -17,13 +18,7 @@ def trained_like(kind: str, **overrides):
                   blocks_per_level=2)
     values.update(overrides)
     model = build_model(QGNConfig(**values))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-1, 1)
-                module.running_var.uniform_(0.5, 2)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
+    randomize_batch_norms(model)
     return model.eval()
 
 

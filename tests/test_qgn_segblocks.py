@@ -19,6 +19,7 @@ from qgn.model import DenseTwin
 from qgn.segblocks import (BlocksOutput, PolicyNet, SegBlocks, SegBlocksLoss, boundary_pixels, budget_count,
                            dense_network_logits, network_macs, run_module, static_scale)
 from rounding import DEVICES
+from batch_norms import randomize_batch_norms
 
 CLASSES = 3
 
@@ -34,13 +35,7 @@ def small_model(block_size: int = 16, trained: bool = True, **segblocks) -> SegB
     torch.manual_seed(0)
     model = SegBlocks(small_config(block_size, **segblocks))
     if trained:
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.running_mean.uniform_(-0.5, 0.5)
-                    module.running_var.uniform_(0.5, 2)
-                    module.weight.uniform_(0.5, 1.5)
-                    module.bias.uniform_(-0.5, 0.5)
+        randomize_batch_norms(model, mean=0.5)
     return model
 
 

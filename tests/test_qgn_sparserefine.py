@@ -15,6 +15,7 @@ from qgn.fold import fold_batch_norm
 from qgn.sparserefine import (EngineBase, GatedEnsembler, RefineLoss, SparseRefine, choose_tau, entropy,
                               refine_loss, select_uncertain)
 from stand_in import DEPTH, example_masks, stand_in
+from batch_norms import randomize_batch_norms
 
 ARCHITECTURE = dict(num_classes=4, depth=3, encoder_channels=(8, 12), decoder_channels=(12, 10, 8, 6))
 
@@ -190,11 +191,7 @@ def test_a_module_from_outside_the_engine_as_base():
 
 def test_folded_equals_unfolded():
     model = refine_model(tau=0.0)
-    with torch.no_grad():  # statistics that are not the identity
-        for module in model.refiner.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    randomize_batch_norms(model.refiner, mean=0.5, affine=False)
     model.eval()
     images = torch.randn(1, 3, 32, 48)
     expected = model.refine(images, budget=300)
