@@ -257,6 +257,7 @@ class SparseRefine(nn.Module):
             base_config = dataclasses.replace(config, model=settings.base_model, refine=None)
             base = EngineBase((DenseTwin if settings.base_model == "dense" else QGN)(base_config))
         self.base = base.eval().requires_grad_(False)
+        self._outside_base_macs: dict[tuple[int, ...], int] = {}  # prediction_macs of a base from outside the engine
         self.refiner = SparseUNet(config.in_channels, config.num_classes, settings.widths, settings.blocks)
         self.ensembler = GatedEnsembler(config.num_classes, settings.gate_hidden)
 
@@ -355,20 +356,22 @@ class SparseRefine(nn.Module):
 
     def prediction_macs(self, images_shape: tuple[int, int, int, int], prediction: Prediction) -> int:
         """MACs of `prediction` of images of `images_shape` (B, C, H, W): the base at its scale (an engine network:
-        `qgn.cost.quadtree_macs` of the nodes it computed; another module: its nn.Conv2d calls, counted on a
-        run) plus the refiner and the ensembler per site."""
+        `qgn.cost.quadtree_macs` of the nodes it computed; another module: its nn.Conv2d calls, counted on one
+        run per input shape and kept) plus the refiner and the ensembler per site."""
         from qgn.cost import conv2d_macs, quadtree_macs
 
         batch, channels = images_shape[:2]
-        height, width = self.base_size(images_shape[2:])
+        size = self.base_size(images_shape[2:])
         if isinstance(self.base, EngineBase):
-            cell = 1 << self.base.model.config.depth
-            padded = (batch, channels, -(-height // cell) * cell, -(-width // cell) * cell)
+            padded = (batch, channels, *qt.padded_size(size, 1 << self.base.model.config.depth))
             base = quadtree_macs(self.base.model, padded, prediction.nodes_per_level)
         else:
-            probe = next(self.base.parameters())
-            base = conv2d_macs(self.base, lambda: self.base(torch.zeros(batch, channels, height, width,
-                                                                          dtype=probe.dtype, device=probe.device)))
+            key = (batch, channels, *size)
+            if key not in self._outside_base_macs:  # a fixed count per shape: the base runs for it once
+                probe = next(self.base.parameters())
+                self._outside_base_macs[key] = conv2d_macs(self.base, lambda: self.base(
+                    torch.zeros(key, dtype=probe.dtype, device=probe.device)))
+            base = self._outside_base_macs[key]
         sites = prediction.stats["refiner_sites"]
         return int(base + self.refiner.macs(sites) + sites[0] * self.ensembler.macs_per_site())
 

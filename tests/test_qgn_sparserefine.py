@@ -187,6 +187,7 @@ def test_a_module_from_outside_the_engine_as_base():
     with FlopCounterMode(display=False) as counter:
         model.predict(images, fraction=0.1)
     assert prediction_macs(model, tuple(images.shape), prediction) == counter.get_total_flops() // 2
+    assert prediction_macs(model, tuple(images.shape), prediction) == counter.get_total_flops() // 2  # kept count
 
 
 def test_folded_equals_unfolded():
