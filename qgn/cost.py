@@ -27,7 +27,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from qgn.model import QGN
 from qgn.predict import Prediction
 
 
@@ -66,9 +65,7 @@ def stopwatch(device: torch.device | str):
 
 def prediction_macs(model, images_shape: tuple[int, int, int, int], prediction: Prediction) -> int:
     """MACs of `prediction`, made by `model` (any of the engine's models) of images of `images_shape` (B, C, H, W):
-    QGN and the dense twin `quadtree_macs`, the others their own `prediction_macs`."""
-    if isinstance(model, QGN):
-        return quadtree_macs(model, (*images_shape[:2], *prediction.tree.padded_size), prediction.nodes_per_level)
+    the model's own `prediction_macs` (QGN and the dense twin: `quadtree_macs`)."""
     return model.prediction_macs(tuple(images_shape), prediction)
 
 

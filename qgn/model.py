@@ -183,6 +183,14 @@ class QGN(nn.Module):
             raise ValueError(f"the tree has depth {tree.depth} but the model depth {self.config.depth}")
         return self.decode(images, self.encoder(images), follow_tree(tree), tree.image_size)
 
+    def prediction_macs(self, images_shape: tuple[int, int, int, int], prediction: Prediction) -> int:
+        """MACs of `prediction` of images of `images_shape` (B, C, H, W): `qgn.cost.quadtree_macs` on the padded
+        size the network ran on and the nodes it computed."""
+        from qgn.cost import quadtree_macs
+
+        padded = (*images_shape[:2], *prediction.tree.padded_size)
+        return quadtree_macs(self, padded, prediction.nodes_per_level)
+
     def predict(self, images: torch.Tensor, max_depth: int | None = None, threshold: float | None = None,
                 budget: int | None = None, oracle_tree: qt.Quadtree | None = None) -> Prediction:
         """Labels at a chosen cost: `qgn.predict.predict(self, images, ...)`."""

@@ -15,7 +15,7 @@ def run_config_from_args(args: argparse.Namespace):
     """defaults < --config FILE (or RUN_DIR/config.yaml with --resume) < flags given on the command line."""
     import yaml
 
-    from qgn.config import QGNConfig
+    from qgn.config import MODEL_SECTIONS, QGNConfig
     from training.config import RunConfig, move_data_fields
     from training.datasets import DataConfig, own_num_classes, parse_label_map
 
@@ -66,7 +66,7 @@ def run_config_from_args(args: argparse.Namespace):
     for name, flags_of_section in sections.items():
         given = {key: value for key, value in flags_of_section.items() if value is not None}
         if given:
-            owner = {"refine": "sparserefine", "segblocks": "segblocks"}[name]
+            owner = MODEL_SECTIONS[name][0]
             if model.get("model") != owner:
                 named = ", ".join("--" + key.replace("_", "-") for key in given)
                 raise ValueError(f"{named} configure --model {owner}; this run's model is "
