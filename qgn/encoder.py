@@ -44,17 +44,18 @@ STEM_HALO = 3
 class ResNetEncoder(nn.Module):
     """Stem at stride 4 (pixel_unshuffle(4) + conv), then one stride-2 stage per further level.
 
-    Without autograd (inference) the stem runs over horizontal stripes of `stem_tile_rows` stride-4 rows (plus
-    a halo of STEM_HALO rows) written into one output map: the same result as running it whole (BatchNorm uses
-    running statistics there), without the full-size intermediates of its convolutions - at 1024x2048 these
-    set the inference memory peak.
+    Without autograd (inference) on a CPU the stem runs over horizontal stripes of `stem_tile_rows` stride-4 rows
+    (plus a halo of STEM_HALO rows) written into one output map: the same result as running it whole (BatchNorm
+    uses running statistics there), without the full-size intermediates of its convolutions - at 1024x2048 these
+    set the CPU inference memory peak. On a GPU (and with `stem_tile_rows=None`) the stem runs whole: there its
+    maps are small beside the device's memory, and every stripe would launch the stem's kernels once more.
 
     Shape:
         forward(images (B, C_in, H, W)) -> list of (B, channels[i], H / 2**(i+2), W / 2**(i+2)) for the strides
         4 .. 2**depth; H and W must be multiples of 2**depth.
     """
 
-    def __init__(self, in_channels: int, channels: tuple[int, ...], stem_tile_rows: int = 64):
+    def __init__(self, in_channels: int, channels: tuple[int, ...], stem_tile_rows: int | None = 64):
         super().__init__()
         self.channels = tuple(channels)
         self.stem_tile_rows = stem_tile_rows
@@ -64,10 +65,15 @@ class ResNetEncoder(nn.Module):
             for c_in, c_out in zip(channels[:-1], channels[1:])
         )
 
+    def stripes_stem(self, images: torch.Tensor) -> bool:
+        """Whether `run_stem` runs the stem of `images` in stripes (see the class docstring)."""
+        return (self.stem_tile_rows is not None and images.device.type == "cpu" and not self.training
+                and not torch.is_grad_enabled() and images.shape[2] // 4 > self.stem_tile_rows + 2 * STEM_HALO)
+
     def run_stem(self, images: torch.Tensor) -> torch.Tensor:
-        rows = images.shape[2] // 4
-        if self.training or torch.is_grad_enabled() or rows <= self.stem_tile_rows + 2 * STEM_HALO:
+        if not self.stripes_stem(images):
             return self.stem(F.pixel_unshuffle(images, 4))
+        rows = images.shape[2] // 4
         out = None
         for start in range(0, rows, self.stem_tile_rows):
             stop = min(start + self.stem_tile_rows, rows)

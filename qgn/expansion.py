@@ -42,13 +42,32 @@ def cells_in_image(coords: torch.Tensor, stride: int, image_size: tuple[int, int
     return (coords[:, 1] < -(-height // stride)) & (coords[:, 2] < -(-width // stride))
 
 
+class FollowTree:
+    """Expand exactly the MIXED nodes of `target` (the grown tree then has `target`'s nodes): `follow_tree`.
+
+    Besides the rule's mask, it knows the children it leads to without asking the device (`children_of`): the
+    target's next level holds them, so the decoder takes their rows, parents and coordinates from there instead of
+    counting the mask's nodes on the host (a synchronisation per level on a GPU) and computing them again.
+    """
+
+    def __init__(self, target: qt.Quadtree):
+        self.target = target
+
+    def __call__(self, level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
+        return self.target.levels[level].labels.to(logits.device) == qt.MIXED
+
+    def children_of(self, level: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen int64 (M,), parent int64 (4M,), coords int32 (4M, 3)) of the children of level `level`: the rows
+        of the expanded nodes (in order), each child's parent row and its cell - `target.levels[level + 1]`'s, whose
+        groups of four children follow their MIXED parents in order (`quadtree.check_structure`)."""
+        children = self.target.levels[level + 1]
+        parent = children.parent.to(device)
+        return parent[::4], parent, children.coords.to(device)
+
+
 def follow_tree(target: qt.Quadtree) -> ExpansionRule:
-    """Expand exactly the MIXED nodes of `target` (the grown tree then has `target`'s nodes)."""
-
-    def rule(level: int, logits: torch.Tensor, tree: qt.Quadtree) -> torch.Tensor:
-        return target.levels[level].labels.to(logits.device) == qt.MIXED
-
-    return rule
+    """Expand exactly the MIXED nodes of `target` (the grown tree then has `target`'s nodes); see `FollowTree`."""
+    return FollowTree(target)
 
 
 def argmax_rule(mixed_class: int) -> ExpansionRule:

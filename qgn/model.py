@@ -225,7 +225,7 @@ class QGN(nn.Module):
                 feats, logits = self.levels[level - 1](feats[chosen], geometry, images, features)
             chosen = growth.add_level(geometry, logits, rule if level < last_level else None)
             if level < last_level:
-                geometry = geometry.children(chosen)
+                geometry = geometry.children(chosen, growth.child_coords)
         return Decoding(growth.tree(), growth.level_logits, growth.nodes_per_level())
 
 
@@ -272,7 +272,7 @@ class DenseTwin(QGN):
             logits = gather_dense(maps[level], geometry)
             chosen = growth.add_level(geometry, logits, rule if level < last_level else None)
             if level < last_level:
-                geometry = geometry.children(chosen)
+                geometry = geometry.children(chosen, growth.child_coords)
         return Decoding(growth.tree(), growth.level_logits, cells, full_logits)
 
 
@@ -298,6 +298,7 @@ class _TreeGrowth:
         self.levels: list[qt.QuadtreeLevel] = []
         self.level_logits: list[torch.Tensor] = []
         self._parent: torch.Tensor | None = None  # parent rows of the next level's nodes
+        self.child_coords: torch.Tensor | None = None  # their coords, when the rule knows them (else computed)
         self._empty: qt.QuadtreeLevel | None = None  # an empty level: views of the root's tensors (set at level 0)
 
     def add_level(self, geometry: SparseGeometry, logits: torch.Tensor, rule: ExpansionRule | None) -> torch.Tensor:
@@ -319,9 +320,12 @@ class _TreeGrowth:
         if rule is None:
             return self._empty.parent
         expand = rule(level, logits, self.tree())
-        chosen = torch.nonzero(expand).flatten()  # the one host synchronisation of a level: its number of children
         self.levels[-1] = tree_level(geometry, leaves.masked_fill(expand, qt.MIXED), parent)
-        self._parent = chosen.repeat_interleave(4)
+        if hasattr(rule, "children_of"):  # a rule that knows its children (a target tree): no synchronisation
+            chosen, self._parent, self.child_coords = rule.children_of(level, logits.device)
+            return chosen
+        chosen = torch.nonzero(expand).flatten()  # the one host synchronisation of a level: its number of children
+        self._parent, self.child_coords = chosen.repeat_interleave(4), None
         return chosen
 
     def add_empty_levels(self, last_level: int, logits: torch.Tensor) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 import quadtree as qt
-from qgn.expansion import expansion_rule
+from qgn.expansion import ExpansionRule, expansion_rule
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,15 +66,23 @@ def predict(model, images: torch.Tensor, max_depth: int | None = None, threshold
         a `Prediction`.
     """
     max_depth = check_predict_args(model, images, max_depth, threshold, budget, oracle_tree)
+    return predict_by_rule(model, images, expansion_rule(model.mixed_class, threshold, budget, oracle_tree),
+                           max_depth)
+
+
+@torch.no_grad()
+def predict_by_rule(model, images: torch.Tensor, rule: ExpansionRule | None, max_depth: int) -> Prediction:
+    """`predict` with the expansion rule itself (`qgn.expansion`; None: the model's argmax) instead of knobs, on
+    arguments `predict` has checked."""
     image_size = tuple(images.shape[2:])
     padded = qt.pad_to_multiple(images, 1 << model.config.depth, mode="replicate")
     model.check_images(padded)
-    rule = expansion_rule(model.mixed_class, threshold, budget, oracle_tree)
     decoding = model.decode(padded, model.encoder(padded), rule, image_size, max_depth)
     # the returned tree drops the rulebooks the decoder kept with its levels (9 int64 per node and more)
     tree = dataclasses.replace(decoding.tree, levels=tuple(
         qt.QuadtreeLevel(level.coords, level.labels, level.parent) for level in decoding.tree.levels))
-    return Prediction(qt.decode(tree, dtype=torch.int64), tree, decoding.nodes_per_level)
+    # complete by construction (the deepest computed level is never MIXED): no check, no host synchronisation
+    return Prediction(qt.decode(tree, dtype=torch.int64, check_complete=False), tree, decoding.nodes_per_level)
 
 
 def check_predict_args(model, images, max_depth, threshold, budget, oracle_tree) -> int:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from quadtree.tree import Quadtree, flat_index
+from quadtree.tree import Quadtree
 
 
 def upsample2x(grid: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) -> a new contiguous (B, 2h, 2w), every cell copied into its four children."""
+    """(B, h, w) -> a new contiguous (B, 2h, 2w), every cell copied into its four children (one copy; `contiguous`,
+    not `reshape`, which may return a view of the expanded grid when h or w is 1)."""
     b, h, w = grid.shape
-    out = torch.empty(b, 2 * h, 2 * w, dtype=grid.dtype, device=grid.device)
-    out.view(b, h, 2, w, 2).copy_(grid[:, :, None, :, None].expand(b, h, 2, w, 2))
-    return out
+    return grid[:, :, None, :, None].expand(b, h, 2, w, 2).contiguous().view(b, 2 * h, 2 * w)
 
 
 def paint_level(grid: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> None:
-    """Write `labels` (N,) at the cells `coords` (N, 3) (batch, y, x) of `grid` (B, h, w), in place."""
-    grid.view(-1)[flat_index(coords, grid.shape[1:])] = labels.to(grid.dtype)
+    """Write `labels` (N,) at the cells `coords` (int32 or int64 (N, 3), (batch, y, x)) of `grid` (B, h, w), in
+    place: one indexed write at the coordinates themselves (no flat index to compute)."""
+    b, y, x = coords.unbind(1)
+    grid[b, y, x] = labels if labels.dtype == grid.dtype else labels.to(grid.dtype)
 
 
 def dense_level(tree: Quadtree, level: int) -> torch.Tensor:
@@ -31,16 +32,18 @@ def dense_level(tree: Quadtree, level: int) -> torch.Tensor:
         level-`level` node at each cell (MIXED where that node was split), or the label of the coarser leaf
         covering the cell. Padding cells hold the ignore index.
     """
-    return _paint(tree, level).long()
+    return _paint(tree, level, torch.int64)
 
 
-def decode(tree: Quadtree, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+def decode(tree: Quadtree, dtype: torch.dtype = torch.uint8, check_complete: bool = True) -> torch.Tensor:
     """The label mask a tree encodes, cropped to `tree.image_size`.
 
     Args:
         tree: a Quadtree (e.g. from `encode`, or a predicted tree whose last levels are empty).
         dtype: integer dtype of the result. Labels are 0..255, so the default uint8 is lossless (and 8x
             cheaper than int64); pass torch.int64 for loss targets.
+        check_complete: raise when a MIXED node has no children (a host synchronisation). A caller that knows
+            the tree is complete - the decoder's own prediction, whose deepest level is never MIXED - passes False.
     Returns:
         (B, H, W) for every tree (B = tree.batch_size; an (H, W) mask's tree gives (1, H, W): take [0]), on the
         tree's device. A pixel takes the label of the deepest node covering it; `decode(encode(m))` is m as
@@ -48,19 +51,27 @@ def decode(tree: Quadtree, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     Raises:
         ValueError: when a node on the tree's last non-empty level is still MIXED (nothing says what is under it).
     """
-    grid = _paint(tree, tree.depth)
-    if bool((grid < 0).any()):
+    grid = _paint(tree, tree.depth, dtype if dtype in PAINT_DTYPES else torch.int16)
+    if check_complete and bool((grid < 0).any()):
         raise ValueError("the tree has MIXED nodes without children: it does not describe every pixel; resolve "
                          "them (e.g. predict with max_depth) before decoding")
     height, width = tree.image_size
-    return grid[:, :height, :width].to(dtype)
+    grid = grid[:, :height, :width]
+    return grid.to(dtype) if grid.dtype != dtype else grid.contiguous()  # a copy only to crop or cast
 
 
-def _paint(tree: Quadtree, level: int) -> torch.Tensor:
-    """int16 (B, h, w) label grid at `level` (see dense_level)."""
+PAINT_DTYPES = (torch.int16, torch.int32, torch.int64)
+"""Integer dtypes that hold every label and MIXED (-1): painted in directly (others: int16, cast at the end)."""
+
+
+def _paint(tree: Quadtree, level: int, dtype: torch.dtype) -> torch.Tensor:
+    """`dtype` (B, h, w) label grid at `level` (see dense_level; `dtype` one of PAINT_DTYPES): coarse to fine, each
+    level upsampled and its nodes written over the MIXED cells of their parents; three ops per level, none that
+    synchronises with the host."""
     tree._check_level(level)
     h0, w0 = tree.level_shape(0)
-    grid = tree.levels[0].labels.to(torch.int16).reshape(tree.batch_size, h0, w0).clone()
+    # below the roots the first upsample copies: the tree's own labels are never written to, nor returned
+    grid = tree.levels[0].labels.to(dtype, copy=level == 0).view(tree.batch_size, h0, w0)
     for l in range(1, level + 1):
         grid = upsample2x(grid)
         nodes = tree.levels[l]

@@ -50,8 +50,11 @@ class QuadtreeLevel:
     def device(self) -> torch.device:
         return self.labels.device
 
-    def to(self, device: torch.device | str) -> "QuadtreeLevel":
-        return QuadtreeLevel(self.coords.to(device), self.labels.to(device), self.parent.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "QuadtreeLevel":
+        return QuadtreeLevel(*(t.to(device, non_blocking=non_blocking) for t in (self.coords, self.labels, self.parent)))
+
+    def pin_memory(self) -> "QuadtreeLevel":
+        return QuadtreeLevel(self.coords.pin_memory(), self.labels.pin_memory(), self.parent.pin_memory())
 
     def equal(self, other: "QuadtreeLevel") -> bool:
         return (
@@ -119,8 +122,14 @@ class Quadtree:
             raise ValueError(f"level {level} does not exist: this tree has levels 0..{self.depth}")
 
     # ---- transformations (all return new trees) -------------------------------------------------------------
-    def to(self, device: torch.device | str) -> "Quadtree":
-        return self._replace(levels=tuple(level.to(device) for level in self.levels))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Quadtree":
+        """The tree on `device`; `non_blocking` copies from pinned memory (`pin_memory`) without a host wait."""
+        return self._replace(levels=tuple(level.to(device, non_blocking) for level in self.levels))
+
+    def pin_memory(self) -> "Quadtree":
+        """The tree in page-locked CPU memory (what `DataLoader(pin_memory=True)` calls on a batch's tree), from
+        which `to(cuda, non_blocking=True)` copies without stalling the host."""
+        return self._replace(levels=tuple(level.pin_memory() for level in self.levels))
 
     def _replace(self, **changes) -> "Quadtree":
         fields = dict(

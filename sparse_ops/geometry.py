@@ -78,17 +78,19 @@ class SparseGeometry:
         h, w = check_spatial_shape(spatial_shape)
         return _grid(check_batch_size(batch_size), h, w, torch.device(device))
 
-    def children(self, index: torch.Tensor | None = None) -> "SparseGeometry":
+    def children(self, index: torch.Tensor | None = None, coords: torch.Tensor | None = None) -> "SparseGeometry":
         """The four children of the sites `index` (int64 (M,) unique rows; default all) on the (2h, 2w) grid.
 
         Returns a geometry of 4M sites: rows 4i..4i+3 are the children of site index[i], in the quadtree's
-        (dy, dx) order (`quadtree.child_coords`).
+        (dy, dx) order (`quadtree.child_coords`). `coords`: those children's coords when the caller has them
+        (int32 (4M, 3) contiguous, on this device: a quadtree's next level), taken as they are instead of computed.
         """
-        parents = self.coords if index is None else self.coords[index]
-        scale, offsets = _child_steps(self.device)
-        # (M, 1, 3) * (1, 2, 2) + (4, 3) offsets (0, dy, dx): one op; children of unique in-grid parents are unique
-        # and in-grid, nothing to re-validate
-        coords = torch.addcmul(offsets, parents[:, None, :], scale).view(-1, 3)
+        if coords is None:
+            parents = self.coords if index is None else self.coords[index]
+            scale, offsets = _child_steps(self.device)
+            # (M, 1, 3) * (1, 2, 2) + (4, 3) offsets (0, dy, dx): one op; children of unique in-grid parents are
+            # unique and in-grid, nothing to re-validate
+            coords = torch.addcmul(offsets, parents[:, None, :], scale).view(-1, 3)
         h, w = self.spatial_shape
         return SparseGeometry._trusted(coords, (2 * h, 2 * w), self.batch_size, ("children", self, index))
 

@@ -28,6 +28,21 @@ def test_pretrained_efficientnet_lite0_loads_the_shipped_imagenet_weights():
         QGN(QGNConfig(encoder="efficientnet_lite0", in_channels=1))
 
 
+def test_the_stem_runs_in_stripes_only_for_cpu_inference():
+    encoder = ResNetEncoder(3, (8, 12, 16, 20), stem_tile_rows=8).eval()
+    tall = torch.zeros(1, 3, 4 * 45, 64)
+    with torch.no_grad():
+        assert encoder.stripes_stem(tall)
+        assert not encoder.stripes_stem(tall[:, :, :4 * 14])  # one stripe and its halos: the whole stem
+        assert not encoder.stripes_stem(tall.to("meta"))  # any other device (a GPU): whole
+        encoder.stem_tile_rows = None
+        assert not encoder.stripes_stem(tall)
+    encoder.stem_tile_rows = 8
+    assert not encoder.stripes_stem(tall)  # autograd records: whole (training)
+    with torch.no_grad():
+        assert not encoder.train().stripes_stem(tall)
+
+
 def test_tiled_stem_in_inference_equals_the_whole_stem():
     torch.manual_seed(0)
     encoder = ResNetEncoder(3, (8, 12, 16, 20)).double()

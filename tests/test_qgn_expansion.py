@@ -1,5 +1,6 @@
 """qgn.expansion: the rules' choices, padding, and the budget's ranking against a slow reference."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,19 @@ def test_rules_on_a_grown_tree_with_padding():
     assert torch.equal(threshold_rule(2, 0.5)(0, logits, tree), inside)
     assert int(within_budget(argmax_rule(2), 2, 2)(0, logits, tree).sum()) == 2
     assert torch.equal(follow_tree(tree)(0, logits, tree), tree.levels[0].labels == qt.MIXED)  # not the logits
+
+
+def test_following_a_tree_knows_its_children_without_counting_them(nuclei):
+    """`FollowTree.children_of` reads the children off the target's next level: the same rows, parents and coords
+    as counting the mask's nodes (`nonzero`, a host synchronisation on a GPU) and computing them."""
+    tree = qt.encode(torch.from_numpy((nuclei["instances"][:96, :128] % 5).astype(np.uint8)), 4)
+    rule = follow_tree(tree)
+    for level in range(tree.depth):
+        logits = torch.zeros(tree.levels[level].num_nodes, 6)
+        chosen, parent, coords = rule.children_of(level, torch.device("cpu"))
+        expected = torch.nonzero(rule(level, logits, tree)).flatten()
+        assert torch.equal(chosen, expected) and torch.equal(parent, expected.repeat_interleave(4))
+        assert torch.equal(coords, qt.child_coords(tree.levels[level].coords[expected]))
 
 
 def test_cells_in_image_equals_the_pixel_test():

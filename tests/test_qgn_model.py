@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import quadtree as qt
+from host_syncs import HostSyncs
 from qgn import QGN, DenseTwin, QGNConfig, build_model
 from rounding import AUTOCAST_PARAMS, eps
 from sparse_ops import SparseGeometry, gather_dense
@@ -240,3 +241,18 @@ def test_inference_stops_where_nothing_is_expanded():
     assert quick.nodes_per_level == full.nodes_per_level == [20, 0, 0, 0]
     assert quick.tree.equal(full.tree)
     torch.testing.assert_close(quick.level_logits[0], full.level_logits[0].detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["qgn", "dense"])
+def test_training_forward_and_backward_never_synchronise_the_host(kind):
+    """Along a ground-truth tree the decoder takes the children from the tree's next level: the training forward
+    and backward pass need no host synchronisation (a GPU runs them without stalling the host) - counted on the
+    CPU with a dispatch mode."""
+    torch.manual_seed(0)
+    model = build_model(small_config(model=kind)).train()
+    masks = torch.randint(0, 3, (2, 4, 4)).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    tree = qt.encode(masks, 3)
+    with HostSyncs() as syncs:
+        out = model(torch.randn(2, 3, 32, 32), tree)
+        sum(logits.sum() for logits in out.level_logits).backward()
+    assert syncs.names == []

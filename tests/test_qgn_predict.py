@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import quadtree as qt
+from host_syncs import HostSyncs
 from stand_in import DEPTH, coarsened, example_masks, small_model, stand_in
 
 
@@ -126,28 +127,16 @@ def test_padding_costs_what_encode_gives_it_and_is_replicated():
 
 def test_a_full_depth_prediction_synchronises_the_host_once_per_level():
     """On a GPU every op whose output size or value the host needs (nonzero, item, ...) stalls it until the device
-    catches up: a prediction may force one per expanded level (its number of children) and one for decoding's
-    check, no more (a budget ranks its candidates without one) - counted on the CPU with a dispatch mode (benchmarks/bench_dispatch.py counts all ops)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Syncs(TorchDispatchMode):
-        names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if name in {"nonzero", "_local_scalar_dense", "is_nonzero", "equal", "masked_select", "_unique2",
-                        "bincount"}:
-                self.names.append(name)
-            return func(*args, **(kwargs or {}))
-
+    catches up: a prediction may force one per expanded level (its number of children), no more (a budget ranks its
+    candidates without one; painting the labels needs none) - counted on the CPU with a dispatch mode
+    (benchmarks/bench_dispatch.py counts all ops)."""
     masks = example_masks()
     for kind in ("qgn", "dense"):
         model = small_model(kind)
         for knobs in ({"oracle_tree": qt.encode(masks, DEPTH)}, {"threshold": 0.0}, {"threshold": 0.2, "budget": 3}):
-            with Syncs() as syncs:
+            with HostSyncs() as syncs:
                 model.predict(torch.randn(2, 3, 24, 32), **knobs)
-            assert len(syncs.names) <= DEPTH + 1, (kind, knobs, syncs.names)
-            syncs.names.clear()
+            assert len(syncs.names) <= DEPTH, (kind, knobs, syncs.names)
 
 
 def test_the_dense_twin_predicts_images_smaller_than_a_root_cell():

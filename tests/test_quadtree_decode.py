@@ -26,6 +26,7 @@ def test_decode_inverts_encode(case):
     mask, depth = case
     tree = qt.encode(mask, depth)
     assert np.array_equal(qt.decode(tree).numpy(), mask)
+    assert np.array_equal(qt.decode(tree, torch.int64, check_complete=False).numpy(), mask)
     single = qt.decode(qt.encode(mask[0], depth))  # the rank depends on the tree only: (1, H, W) for one mask
     assert np.array_equal(single.numpy(), mask[:1])
     assert all(np.array_equal(qt.decode(part).numpy(), m[None]) for part, m in zip(tree.split(), mask))
@@ -72,3 +73,18 @@ def test_decode_real_mask_tiled(nuclei):
     mask = (nuclei["instances"] % 20).astype(np.uint8)
     big = np.tile(mask, (2, 4))[:1000, :2000]  # 1000x2000: padded to 1024x2016 at depth 5
     assert np.array_equal(qt.decode(qt.encode(big, 5))[0].numpy(), big)
+
+
+def test_painted_grids_are_new_contiguous_tensors():
+    """Painting in the tree's own dtype (int64) starts from its root labels: what it returns must never alias them
+    (a tree is immutable), and a cropped result is contiguous."""
+    mask = np.random.default_rng(0).integers(0, 3, (20, 30)).astype(np.uint8)
+    tree = qt.encode(mask, 2)  # padded to 20x32
+    before = tree.levels[0].labels.clone()
+    roots = qt.dense_level(tree, 0)
+    roots.fill_(7)
+    pixels = qt.encode(mask, 0)  # depth 0: the roots are the pixels
+    qt.decode(pixels, torch.int64).fill_(7)
+    assert torch.equal(tree.levels[0].labels, before) and np.array_equal(qt.decode(pixels)[0].numpy(), mask)
+    labels = qt.decode(tree, torch.int64)
+    assert labels.is_contiguous() and np.array_equal(labels[0].numpy(), mask)

@@ -101,3 +101,19 @@ def test_check_structure_catches_broken_trees():
 def test_to_cuda_and_back():
     tree = qt.encode(random_masks(1, 2), 3)
     assert tree.to("cuda").to("cpu").equal(tree)
+
+
+@pytest.mark.cuda
+def test_pinned_trees_copy_to_cuda_without_blocking():
+    """What the trainer's CUDA loader does with a batch's tree: pin it, then copy it asynchronously."""
+    tree = qt.encode(random_masks(1, 2), 3)
+    pinned = tree.pin_memory()
+    assert all(t.is_pinned() for level in pinned.levels for t in (level.coords, level.labels, level.parent))
+    moved = pinned.to("cuda", non_blocking=True)
+    torch.cuda.synchronize()
+    assert moved.device.type == "cuda" and moved.to("cpu").equal(tree)
+
+
+def test_to_accepts_non_blocking_on_the_cpu():
+    tree = qt.encode(random_masks(1, 2), 3)
+    assert tree.to("cpu", non_blocking=True).equal(tree)
