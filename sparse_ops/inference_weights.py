@@ -6,8 +6,10 @@ or sources that do not require grad): a training forward derives it anew, so its
 A kept tensor is returned again while every source is the same tensor object with the same storage, dtype, shape
 and version (`Tensor._version`, which every in-place write that autograd sees bumps: an optimizer step,
 `load_state_dict`, `qgn.fold.fold_batch_norm`, `module.to(...)` swapping `.data`) and the autocast dtype of the
-sources' device is the same; otherwise it is derived again. Writes through `.data` bypass the version counter:
-code that changes parameters that way must call `clear_derived_weights(model)`.
+sources' device is the same; otherwise it is derived again. Writes through `.data` bypass the version counter, and
+so do the fused optimizers (`torch.optim.AdamW(..., fused=True)`, torch 2.13): code that changes parameters that
+way must call `clear_derived_weights(model)` or `torch.autograd.graph.increment_version(params)` after the write
+(`training.trainer.build_optimizer` registers the latter as a step post-hook of the fused optimizers it builds).
 
 The kept tensors live on the module (attribute `_derived_weights`, not in the state dict; a `copy.deepcopy` or a
 pickle of the module starts with none).

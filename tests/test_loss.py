@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import quadtree as qt
+from host_syncs import HostSyncs
 from training.loss import LossConfig, QuadtreeLoss, level_loss
 
 
@@ -62,12 +63,52 @@ def test_adaptive_weights_follow_the_running_ratio():
 def test_empty_and_all_ignore_levels_give_zero():
     logits = torch.randn(0, 3, requires_grad=True)
     assert float(level_loss(logits, torch.zeros(0, dtype=torch.long), 2)) == 0.0
-    assert float(level_loss(torch.randn(2, 3), torch.tensor([255, 255]), 2)) == 0.0
+    for weights in (None, torch.tensor([0.0, 0.0, 1.0])):  # all ignored; only classes of weight 0
+        for labels in (torch.tensor([255, 255]), torch.tensor([0, 1])):
+            logits = torch.randn(2, 3, requires_grad=True)
+            loss = level_loss(logits, labels, 2, class_weights=weights)
+            if weights is None and labels[0] != 255:
+                continue  # supervised: an ordinary loss
+            loss.backward()
+            assert float(loss) == 0.0 and torch.equal(logits.grad, torch.zeros(2, 3))  # no 0/0 in either pass
+
+
+def test_not_finite_logits_give_a_not_finite_loss():
+    """0 for an unsupervised level must not hide a diverged network: NaN logits still give a NaN loss."""
+    logits = torch.tensor([[float("nan"), 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert torch.isnan(level_loss(logits, torch.tensor([0, 1]), 2))
+    assert torch.isnan(level_loss(logits, torch.tensor([0, 255]), 2))
 
 
 def test_labels_beyond_num_classes_are_rejected():
     with pytest.raises(ValueError, match="num_classes"):
         level_loss(torch.randn(2, 2), torch.tensor([0, 5]), 2)
+    with pytest.raises(ValueError, match=r"labels \[2\] are not classes"):  # class C is MIXED's logit, no label
+        QuadtreeLoss(2, 1)([torch.randn(4, 3), torch.randn(0, 2)], qt.encode(np.full((4, 4), 2, np.uint8), 1))
+
+
+def test_the_loss_never_synchronises_the_host_without_the_label_check():
+    """On a GPU every op whose value the host needs stalls it: the trainer's loss (labels checked by the data sets)
+    needs none, at any level count, with empty and unsupervised levels, the adaptive update and the dense twin's
+    full-resolution loss included - counted on the CPU with a dispatch mode."""
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4, :4] = 255
+    mask[5, 6] = 1
+    tree = qt.encode(mask, 3)
+    logits = [torch.randn(level.num_nodes, 3 if l < 3 else 2, requires_grad=True)
+              for l, level in enumerate(tree.levels)]
+    masks = qt.decode(tree, dtype=torch.int64)
+    for config in (LossConfig(), LossConfig(level_scale=0.5), LossConfig(adaptive=True)):
+        criterion = QuadtreeLoss(2, 3, config, check_labels=False).train()
+        with HostSyncs() as syncs:
+            losses = criterion(logits, tree)
+            losses["loss"].backward()
+        expected = sum(w * losses[f"loss_l{l}"] for l, w in enumerate(criterion.level_weights()))
+        torch.testing.assert_close(losses["loss"], expected)
+        with HostSyncs() as more:
+            dense = criterion(logits, tree, full_logits=torch.randn(1, 2, 8, 8), masks=masks)
+        assert syncs.names + more.names == [], (config, syncs.names, more.names)
+        assert torch.isfinite(dense["loss"])
 
 
 def test_adaptive_ratios_use_the_losses_of_every_ddp_rank(monkeypatch):

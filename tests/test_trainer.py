@@ -273,3 +273,30 @@ def test_segblocks_policy_learns_at_its_own_scaled_rate_and_sparserefine_trains_
     (group,) = build_optimizer(refine, TrainConfig()).param_groups
     assert {id(p) for p in group["params"]} == {id(p) for p in refine.parameters() if p.requires_grad}
     assert not {id(p) for p in group["params"]} & {id(p) for p in refine.base.parameters()}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_fused_optimizer_leaves_no_stale_inference_weights(optimizer):
+    """build_optimizer fuses the step on CPU and CUDA; fused steps write the parameters without bumping their
+    version counters, so a post-hook bumps them: a prediction after a step equals a fresh copy's, not the
+    matrices derived (and kept) by a prediction before it."""
+    import copy
+
+    from training.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    model = QGN(tiny_run().model)
+    opt = build_optimizer(model, TrainConfig(optimizer=optimizer, lr=0.1))
+    assert opt.param_groups[0]["fused"]
+    images = torch.randn(1, 3, 32, 32)
+    model.eval()
+    model.predict(images, threshold=0.0)  # derives and keeps the inference matrices
+    model.train()
+    loss = sum(p.square().sum() for p in model.parameters())
+    loss.backward()
+    opt.step()
+    model.eval()
+    after = model.predict(images, threshold=0.0)
+    fresh = copy.deepcopy(model).predict(images, threshold=0.0)  # a copy keeps no derived matrices
+    assert torch.equal(after.labels, fresh.labels)
+    assert [level.num_nodes for level in after.tree.levels] == [level.num_nodes for level in fresh.tree.levels]

@@ -27,32 +27,57 @@ class LossConfig:
 
 
 def level_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255,
-               class_weights: torch.Tensor | None = None) -> torch.Tensor:
+               class_weights: torch.Tensor | None = None, check_labels: bool = True) -> torch.Tensor:
     """Mean cross-entropy of one level over its supervised nodes (0 when none is supervised).
 
     Args:
         logits: float (N, C + 1), or (N, C) at full resolution.
         labels: int64 (N,) node labels (classes, the ignore index, MIXED).
         class_weights: float (C + 1,) or None; sliced to the logits' width.
+        check_labels: raise ValueError for labels that are neither a class, MIXED nor the ignore index (one host
+            synchronisation; `check_labels_in_range`). The trainer passes False: its data sets check every mask read.
     Returns:
         a float32 scalar (low-precision logits are cast first: the loss is always computed in float32); the
-        weighted mean over nodes whose label is not the ignore index, as `F.cross_entropy`.
+        weighted mean over nodes whose label is not the ignore index, as `F.cross_entropy`, computed without a
+        host synchronisation.
     """
-    logits = logits.float()
-    targets = torch.where(labels == qt.MIXED, torch.full_like(labels, num_classes), labels)  # MIXED -> class C
-    supervised = targets != ignore_index
-    if not bool(supervised.any()):
-        return logits.sum() * 0.0  # keeps the graph (and every parameter) connected on empty levels
-    if bool((targets[supervised] >= logits.shape[1]).any()):
-        bad = torch.unique(targets[supervised & (targets >= logits.shape[1])]).tolist()
-        raise ValueError(f"targets {bad} exceed the {logits.shape[1]} logits of this level: mask labels must be "
-                         f"< num_classes = {num_classes} (or the ignore index {ignore_index})")
-    weight = None if class_weights is None else class_weights[: logits.shape[1]].to(logits)
-    return F.cross_entropy(logits, targets, weight=weight, ignore_index=ignore_index)
+    if check_labels:
+        check_labels_in_range([labels], num_classes, ignore_index)
+    if logits.shape[0] == 0:
+        return logits.float().sum() * 0.0  # keeps the graph (and every parameter) connected on empty levels
+    # MIXED -> class C (full resolution, where the logits are C wide, holds no MIXED node)
+    targets = labels if logits.shape[1] == num_classes else labels.masked_fill(labels == qt.MIXED, num_classes)
+    weight = None if class_weights is None else class_weights[: logits.shape[1]].to(logits.device, torch.float32)
+    return supervised_mean(torch.ops.aten.nll_loss_forward, F.log_softmax(logits.float(), 1), targets, weight,
+                           ignore_index)
+
+
+def supervised_mean(nll_forward, log_probs: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None,
+                    ignore_index: int) -> torch.Tensor:
+    """F.nll_loss's weighted mean (sum of w[t] * -log p over the supervised targets, divided by the sum of their
+    w[t]), 0 where nothing is supervised (or every weight is 0) instead of 0/0 - with no host synchronisation to
+    find that out.
+    `nll_forward`: `torch.ops.aten.nll_loss_forward` ((N, K) log_probs) or `nll_loss2d_forward` ((B, K, H, W))."""
+    total, weight_sum = nll_forward(log_probs, targets, weight, 2, ignore_index)  # reduction 2: sum
+    # weight_sum == 0 means every weight summed is 0, so total is 0 too (or not finite, which the trainer reports);
+    # any positive sum of class weights that is not absurdly small (below float32's smallest normal) is kept as is
+    return total / weight_sum.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def check_labels_in_range(labels: list[torch.Tensor], num_classes: int, ignore_index: int) -> None:
+    """ValueError naming the offending values unless every label is a class 0..C-1, MIXED or `ignore_index`
+    (one host synchronisation for all of `labels`, int64 tensors)."""
+    labels = torch.cat([l.reshape(-1) for l in labels])
+    bad = (labels >= num_classes) & (labels != ignore_index)
+    if bool(bad.any()):
+        values = torch.unique(labels[bad]).tolist()
+        raise ValueError(f"labels {values[:20]} are not classes: mask labels must be < num_classes = {num_classes} "
+                         f"(or the ignore index {ignore_index})")
 
 
 class QuadtreeLoss(nn.Module):
-    """Weighted sum of per-level losses; returns named losses.
+    """Weighted sum of per-level losses; returns named losses. No host synchronisation when `check_labels` is
+    False (what the trainer runs: its data sets check the labels of every mask they read).
 
     Shape:
         forward(level_logits: depth + 1 tensors (N_l, C + 1) (last (N_depth, C)), tree: Quadtree,
@@ -62,46 +87,58 @@ class QuadtreeLoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, depth: int, config: LossConfig | None = None, ignore_index: int = 255,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, check_labels: bool = True):
         super().__init__()
         self.num_classes, self.depth, self.ignore_index = num_classes, depth, ignore_index
+        self.check_labels = check_labels
         self.config = config or LossConfig()
         weights = torch.ones(num_classes + 1) if class_weights is None else class_weights.clone().float()
         weights[num_classes] *= self.config.mixed_weight
         self.register_buffer("class_weights", weights)
         self.register_buffer("ratios", torch.ones(depth))  # adaptive: running L_l / L_full for l < depth
+        scales = torch.tensor([self.config.level_scale ** (depth - l) for l in range(depth + 1)])
+        self.register_buffer("scales", scales, persistent=False)  # geometric w_l, on the losses' device
 
     def level_weights(self) -> list[float]:
         """w_l for l = 0 .. depth (w_depth = 1)."""
         if self.config.adaptive:
             return [float(r) for r in self.ratios] + [1.0]
-        return [self.config.level_scale ** (self.depth - l) for l in range(self.depth + 1)]
+        return self.scales.tolist()
 
     def forward(self, level_logits, tree: qt.Quadtree, full_logits=None, masks=None) -> dict[str, torch.Tensor]:
         if len(level_logits) != tree.depth + 1 or tree.depth != self.depth:
             raise ValueError(f"expected {self.depth + 1} levels of logits for a depth-{self.depth} tree, got "
                              f"{len(level_logits)} (tree depth {tree.depth})")
-        losses = {}
         for l, (logits, level) in enumerate(zip(level_logits, tree.levels)):
             if logits.shape[0] != level.num_nodes:
                 raise ValueError(f"level {l}: {logits.shape[0]} rows of logits for {level.num_nodes} nodes")
-            losses[f"loss_l{l}"] = level_loss(logits, level.labels, self.num_classes, self.ignore_index,
-                                              self.class_weights)
+        if full_logits is not None and masks is None:
+            raise ValueError("full_logits need the dense masks (B, H, W) as targets")
+        if self.check_labels:
+            check_labels_in_range([level.labels for level in tree.levels] + ([] if masks is None else [masks]),
+                                  self.num_classes, self.ignore_index)
+        losses = {f"loss_l{l}": level_loss(logits, level.labels, self.num_classes, self.ignore_index,
+                                           self.class_weights, check_labels=False)
+                  for l, (logits, level) in enumerate(zip(level_logits, tree.levels))}
         if full_logits is not None:
-            if masks is None:
-                raise ValueError("full_logits need the dense masks (B, H, W) as targets")
-            losses[f"loss_l{self.depth}"] = F.cross_entropy(
-                full_logits.float(), masks.long(), weight=self.class_weights[: self.num_classes].to(full_logits.device),
-                ignore_index=self.ignore_index)
+            weight = self.class_weights[: self.num_classes].to(full_logits.device)
+            losses[f"loss_l{self.depth}"] = supervised_mean(
+                torch.ops.aten.nll_loss2d_forward, F.log_softmax(full_logits.float(), 1), masks.long(), weight,
+                self.ignore_index)
+        levels = torch.stack([losses[f"loss_l{l}"] for l in range(self.depth + 1)])  # float32 (depth + 1,)
         if self.config.adaptive and self.training:
-            level = torch.stack([losses[f"loss_l{l}"].detach().float() for l in range(self.depth + 1)])
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(level)
-            if float(level[-1]) > 0:
-                self.ratios.mul_(self.config.momentum).add_((1 - self.config.momentum) * level[:-1] / level[-1])
-        weights = self.level_weights()
-        losses["loss"] = sum(w * losses[f"loss_l{l}"] for l, w in enumerate(weights))
+            self._update_ratios(levels.detach().clone())  # all_reduce writes into its argument
+        weights = torch.cat([self.ratios, self.scales[-1:]]) if self.config.adaptive else self.scales
+        losses["loss"] = (levels * weights).sum()  # elementwise: float32 under autocast too
         return losses
+
+    def _update_ratios(self, levels: torch.Tensor) -> None:
+        """Move the running ratios L_l / L_full toward this step's (summed over the DDP ranks); unchanged when
+        L_full is 0 - decided on the device, without a host synchronisation."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(levels)
+        moved = self.ratios * self.config.momentum + (1 - self.config.momentum) * levels[:-1] / levels[-1]
+        self.ratios.copy_(torch.where(levels[-1] > 0, moved, self.ratios))
 
 
 def build_criterion(config) -> nn.Module:
@@ -116,4 +153,5 @@ def build_criterion(config) -> nn.Module:
         from qgn.segblocks import SegBlocksLoss
 
         return SegBlocksLoss(model)
-    return QuadtreeLoss(model.num_classes, model.depth, config.loss, model.ignore_index)
+    # the data sets check the labels of every mask they read: no per-step check (a host synchronisation)
+    return QuadtreeLoss(model.num_classes, model.depth, config.loss, model.ignore_index, check_labels=False)

@@ -93,6 +93,10 @@ class EpochOrder(Sampler):
 
 
 # ---- optimisation ----------------------------------------------------------------------------------------------
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""Parameter dtypes the fused optimizers take (on CPU and CUDA)."""
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer of the parameters that train (SparseRefine's frozen base has none). SegBlocks' policy network
     is its own group, its learning rate scaled by `policy_lr_scale` (the group's "lr_scale")."""
@@ -104,9 +108,25 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         policy = {id(p) for p in model.policy.parameters()}
         params = [{"params": [p for p in trainable if id(p) not in policy], "lr_scale": 1.0},
                   {"params": [p for p in trainable if id(p) in policy], "lr_scale": blocks.policy_lr_scale}]
+    # fused: one kernel over all parameters instead of a dozen per parameter (AdamW's step on a CPU: 1.2 ms instead
+    # of 7.7 ms for QGN's 119 tensors), and without the host synchronisation of GradScaler's inf check
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in trainable) or None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay,
+                                    fused=fused)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    if fused:
+        optimizer.register_step_post_hook(mark_parameters_written)
+    return optimizer
+
+
+def mark_parameters_written(optimizer: torch.optim.Optimizer, args=(), kwargs=None) -> None:
+    """Bump the version counter of every parameter of `optimizer` (a step post-hook). The fused optimizers write the
+    parameters without bumping it (torch 2.13), so what is derived from the parameters and kept while they are
+    unchanged (`sparse_ops.inference_weights`: the weight matrices an evaluation between training steps uses)
+    would otherwise stay stale."""
+    torch.autograd.graph.increment_version([p for group in optimizer.param_groups for p in group["params"]])
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -234,19 +254,24 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
             break
         if on_step_start is not None:
             on_step_start()
-        images, masks, tree = images.to(device), masks.to(device), tree.to(device)
+        # asynchronous from the pinned batches of a CUDA run (a synchronous copy elsewhere)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        tree = tree.to(device, non_blocking=True)
         lr = cfg.lr * lr_factor(progress.step, total_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(cfg.amp, device):
             losses = model_losses(criterion, model(images, tree), tree, masks)
-        if not torch.isfinite(losses["loss"]):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        # the step's one host synchronisation, once the backward pass is queued (the device runs it meanwhile);
+        # before the optimizer step, which a non-finite loss must not reach
+        loss_value = float(losses["loss"])
+        if not math.isfinite(loss_value):
             bad = [name for name, value in losses.items() if name != "loss" and not torch.isfinite(value)]
             raise FloatingPointError(f"non-finite loss at step {progress.step} (epoch {progress.epoch}): "
                                      f"{', '.join(f'{n}={float(losses[n])}' for n in bad) or 'total'}; lower the "
                                      f"learning rate or set grad_clip")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
         if cfg.grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -257,7 +282,7 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
         images_seen += images.shape[0]
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
         if progress.step % cfg.log_every == 0:
             elapsed = time.perf_counter() - start
             log({"step": progress.step, "epoch": progress.epoch, "lr": lr,
@@ -379,7 +404,7 @@ def _train(config: RunConfig, out_dir: str | Path, resume: bool, on_step) -> dic
                               multiple=None if mcfg.segblocks is None else mcfg.segblocks.block_size)
     sampler = EpochOrder(len(train_set), tcfg.seed, rank, world_size)
     loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=tcfg.num_workers, drop_last=False)
+                        num_workers=tcfg.num_workers, drop_last=False, pin_memory=device.type == "cuda")
 
     def eval_loader(dataset) -> DataLoader:  # every sample once, shared among the ranks
         return DataLoader(dataset, batch_size=1, collate_fn=collate, num_workers=tcfg.num_workers,
