@@ -1,18 +1,31 @@
-"""Host overhead of one prediction, counted on any machine: aten ops dispatched and ops that force a host sync.
+"""Host overhead of a prediction and of a training step, counted on any machine: aten ops dispatched and ops that
+force a host sync.
 
-    python benchmarks/bench_dispatch.py [--sizes 512x1024] [--repeats 10] [--out runs/bench]
+    python benchmarks/bench_dispatch.py [--sizes 512x1024] [--repeats 10] [--train-repeats 3] [--out runs/bench]
 
 On a GPU every aten op is one or more kernel launches and every sync-forcing op (nonzero, item, ...) stalls the
 host until the GPU catches up, so these counts, taken on the CPU with a TorchDispatchMode, are device-independent
 proxies of a GPU prediction's host time (issue 12: at most 150 ops, views excluded, and depth + 1 syncs per
-full-depth predict at 512x1024). For each input (the street scene and the nuclei image of benchmarks/inputs.py,
-depth 5, 19 classes, untrained weights, batch 1) and each setting - the oracle tree of the mask at full depth (a
-fixed, realistic number of nodes), and QGN's own argmax rule - it counts one `predict` of the network as
-`load_predictor` runs it (batch norm folded, `qgn.fold`) and unfolded, and times both (median CPU wall time of
-`--repeats` calls after a warm-up, side by side in one process). The counted predict is the second of its model and
-input (the steady state of a predictor: what depends only on the weights or on the root grid is derived on the
-first call and kept, `sparse_ops.inference_weights`); the first call's count is reported beside it. Prints a table;
-writes OUT/dispatch.{json,md}.
+full-depth predict at 512x1024). Inputs: the street scene and the nuclei image of benchmarks/inputs.py, depth 5,
+19 classes, untrained weights, batch 1.
+
+Predictions: for each input and setting - the oracle tree of the mask at full depth (a fixed, realistic number of
+nodes; the decoder reads the children off the tree, with no host synchronisation), the same nodes found as a trained
+model finds its own ("oracle's nodes, counted": a rule that marks the oracle's MIXED nodes, whose children the
+decoder counts with one `nonzero` per level - what a trained QGN's prediction of that tree dispatches), and QGN's
+own argmax rule (untrained weights: the fixed part, encoder, root and painting) - one `predict` of the network as
+`load_predictor` runs it (batch norm folded,
+`qgn.fold`), the same with the stem whole (what a GPU runs: the CPU runs the stem in stripes, for memory,
+`ResNetEncoder.stripes_stem`), and unfolded; each is timed (median CPU wall time of `--repeats` calls after a
+warm-up, side by side in one process). The counted predict is the second of its model and input (the steady state
+of a predictor: what depends only on the weights or on the root grid is derived on the first call and kept,
+`sparse_ops.inference_weights`); the first call's count is reported beside it.
+
+Training steps: QGN and its dense twin, one step as `qgn train` runs it (train mode, forward on the ground-truth
+tree, `QuadtreeLoss` as the trainer builds it, backward, the optimizer of `training.trainer.build_optimizer`),
+counted per phase (the third step: the optimizer state exists) and timed (median of `--train-repeats` steps).
+
+Prints tables; writes OUT/dispatch.{json,md}.
 """
 
 from __future__ import annotations
@@ -33,7 +46,10 @@ import harness
 from inputs import DEPTH, MASKS, NUM_CLASSES
 from qgn import QGNConfig, build_model
 from qgn.fold import fold_batch_norm
-from qgn.predict import predict
+from qgn.predict import predict, predict_by_rule
+from training.config import RunConfig
+from training.loss import build_criterion
+from training.trainer import build_optimizer, model_losses
 
 VIEW_OPS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "expand", "permute", "transpose", "t", "squeeze",
             "unsqueeze", "slice", "select", "as_strided", "alias", "detach", "unbind", "split", "split_with_sizes",
@@ -47,65 +63,150 @@ repeats: counted here when it dispatches as such)."""
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts every aten op dispatched inside the block, by name."""
+    """Counts every aten op dispatched inside the block, by name, and the ops other than views per `phase` (a name
+    the caller sets as it goes), and the sync-forcing ones."""
 
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
+        self.phase_ops = collections.Counter()
+        self.syncs = collections.Counter()
+        self.phase = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        if name not in VIEW_OPS:
+            self.phase_ops[self.phase] += 1
+        if name in SYNC_OPS:
+            self.syncs[name] += 1
         return func(*args, **(kwargs or {}))
 
+    def kept(self) -> dict:
+        """op name -> count, views excluded."""
+        return {name: n for name, n in self.ops.items() if name not in VIEW_OPS}
 
-def count_once(model, images, **knobs) -> tuple[dict, dict, list[int]]:
-    """(ops, sync ops, nodes per level) of one predict: op name -> count, views excluded."""
+
+def count_once(run) -> tuple[dict, dict, list[int]]:
+    """(ops, sync ops, nodes per level) of one prediction `run()`: op name -> count, views excluded."""
     with OpCounter() as counter, torch.no_grad():
-        prediction = predict(model, images, **knobs)
-    ops = {name: n for name, n in counter.ops.items() if name not in VIEW_OPS}
-    syncs = {name: n for name, n in counter.ops.items() if name in SYNC_OPS}
-    return ops, syncs, prediction.nodes_per_level
+        prediction = run()
+    return counter.kept(), dict(counter.syncs), prediction.nodes_per_level
 
 
-def count(model, images, **knobs) -> dict:
-    """The counts of the second predict (steady state), and the op count of the first."""
-    first, _, _ = count_once(model, images, **knobs)
-    ops, syncs, nodes = count_once(model, images, **knobs)
+def count(run) -> dict:
+    """The counts of the second prediction (steady state), and the op count of the first."""
+    first, _, _ = count_once(run)
+    ops, syncs, nodes = count_once(run)
     return {"ops": sum(ops.values()), "syncs": sum(syncs.values()), "sync_ops": syncs,
             "ops_first_call": sum(first.values()), "top_ops": dict(collections.Counter(ops).most_common(12)),
             "nodes_per_level": nodes}
 
 
-def median_ms(model, images, repeats: int, **knobs) -> float:
+def median_ms(run, repeats: int) -> float:
     with torch.no_grad():
-        predict(model, images, **knobs)
+        run()
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            predict(model, images, **knobs)
+            run()
             times.append(time.perf_counter() - started)
     return 1e3 * statistics.median(times)
+
+
+def settings(tree: qt.Quadtree) -> dict:
+    """setting name -> predict(model, images) of that setting."""
+
+    def oracle_mask(level, logits, grown):  # the oracle's MIXED nodes, found as a trained model finds its own
+        return tree.levels[level].labels == qt.MIXED
+
+    return {"oracle": lambda model, images: predict(model, images, oracle_tree=tree),
+            "oracle's nodes, counted": lambda model, images: predict_by_rule(model, images, oracle_mask, DEPTH),
+            "argmax": lambda model, images: predict(model, images)}
 
 
 def measure(sizes, masks, repeats: int) -> list[dict]:
     torch.manual_seed(0)
     unfolded = build_model(QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH)).eval()
     folded = fold_batch_norm(unfolded)
+    stem_whole = fold_batch_norm(unfolded)
+    stem_whole.encoder.stem_tile_rows = None
+    models = (("folded", folded), ("folded, stem whole (GPU path)", stem_whole), ("unfolded", unfolded))
     records = []
     for height, width in sizes:
         for mask_name in masks:
             image, mask = MASKS[mask_name](height, width)
             images = image[None]
             tree = qt.encode(mask[None], DEPTH)
-            for setting, knobs in (("oracle", {"oracle_tree": tree}), ("argmax", {})):
-                for model_name, model in (("folded", folded), ("unfolded", unfolded)):
+            for setting, run in settings(tree).items():
+                for model_name, model in models:
                     record = {"height": height, "width": width, "mask": mask_name, "setting": setting,
-                              "model": model_name, "load_avg_1min": os.getloadavg()[0], "torch": torch.__version__,
-                              "threads": torch.get_num_threads(), **count(model, images, **knobs)}
-                    record["median_ms"] = median_ms(model, images, repeats, **knobs)
+                              "model": model_name, **environment(), **count(lambda: run(model, images))}
+                    record["median_ms"] = median_ms(lambda: run(model, images), repeats)
                     records.append(record)
                     print(f"{height}x{width} {mask_name} {setting} {model_name}: {record['ops']} ops, "
                           f"{record['syncs']} syncs, {record['median_ms']:.1f} ms", file=sys.stderr)
+    return records
+
+
+def environment() -> dict:
+    return {"load_avg_1min": os.getloadavg()[0], "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+TRAIN_PHASES = ("forward", "loss", "backward", "optimizer")
+
+
+def train_step(model, criterion, optimizer, images, masks, tree, counter: "OpCounter | None" = None) -> float:
+    """One training step as `training.trainer.train_one_epoch` runs it (fp32); with `counter`, its ops are
+    counted per phase (`counter.phase`). Returns the loss (the step's one host synchronisation, as the trainer's)."""
+
+    def phase(name: str) -> None:
+        if counter is not None:
+            counter.phase = name
+
+    phase("forward")
+    output = model(images, tree)
+    phase("loss")
+    losses = model_losses(criterion, output, tree, masks)
+    loss = float(losses["loss"])
+    phase("backward")
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    phase("optimizer")
+    optimizer.step()
+    return loss
+
+
+def measure_training(sizes, masks, repeats: int) -> list[dict]:
+    records = []
+    for height, width in sizes:
+        for mask_name in masks:
+            image, mask = MASKS[mask_name](height, width)
+            images, masks_ = image[None], mask[None].long()
+            tree = qt.encode(mask[None], DEPTH)
+            for kind in ("qgn", "dense"):
+                torch.manual_seed(0)
+                config = RunConfig(model=QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH, model=kind))
+                model = build_model(config.model).train()
+                criterion, optimizer = build_criterion(config), build_optimizer(model, config.train)
+                for _ in range(2):  # the optimizer's state exists from the first step on
+                    train_step(model, criterion, optimizer, images, masks_, tree)
+                with OpCounter() as counter:
+                    train_step(model, criterion, optimizer, images, masks_, tree, counter)
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    train_step(model, criterion, optimizer, images, masks_, tree)
+                    times.append(time.perf_counter() - started)
+                record = {"height": height, "width": width, "mask": mask_name, "model": kind, **environment(),
+                          "ops": sum(counter.phase_ops[p] for p in TRAIN_PHASES),
+                          "ops_per_phase": {p: counter.phase_ops[p] for p in TRAIN_PHASES},
+                          "syncs": sum(counter.syncs.values()), "sync_ops": dict(counter.syncs),
+                          "top_ops": dict(collections.Counter(counter.kept()).most_common(12)),
+                          "median_ms": 1e3 * statistics.median(times)}
+                records.append(record)
+                print(f"{height}x{width} {mask_name} train {kind}: {record['ops']} ops, {record['syncs']} syncs, "
+                      f"{record['median_ms']:.0f} ms", file=sys.stderr)
     return records
 
 
@@ -114,10 +215,23 @@ def table(records: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['height']}x{r['width']} | {r['mask']} | {r['setting']} | {r['model']} | {r['ops']} | "
-                     f"{r['ops_first_call']} | "
-                     f"{r['syncs']} ({', '.join(f'{k} {v}' for k, v in r['sync_ops'].items())}) | "
-                     f"{'/'.join(map(str, r['nodes_per_level']))} | {r['median_ms']:.1f} |")
+                     f"{r['ops_first_call']} | {fmt_syncs(r)} | {'/'.join(map(str, r['nodes_per_level']))} | "
+                     f"{r['median_ms']:.1f} |")
     return "\n".join(lines)
+
+
+def training_table(records: list[dict]) -> str:
+    lines = ["| size | mask | network | aten ops (no views): " + " / ".join(TRAIN_PHASES) + " | all | sync ops | "
+             "CPU ms per step |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        phases = " / ".join(str(r["ops_per_phase"][p]) for p in TRAIN_PHASES)
+        lines.append(f"| {r['height']}x{r['width']} | {r['mask']} | {r['model']} | {phases} | {r['ops']} | "
+                     f"{fmt_syncs(r)} | {r['median_ms']:.0f} |")
+    return "\n".join(lines)
+
+
+def fmt_syncs(r: dict) -> str:
+    return f"{r['syncs']} ({', '.join(f'{k} {v}' for k, v in r['sync_ops'].items())})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,14 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="512x1024", help=f"HxW list (multiples of {1 << DEPTH})")
     parser.add_argument("--masks", default="street,nuclei", help=f"subset of {','.join(MASKS)}")
     parser.add_argument("--repeats", type=int, default=10, help="timed predictions per configuration")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed training steps per network")
     parser.add_argument("--out", default="runs/bench", help="folder of dispatch.json and dispatch.md")
     args = parser.parse_args(argv)
-    records = measure(harness.parse_sizes(args.sizes, 1 << DEPTH), harness.parse_list(args.masks, MASKS, "--masks"),
-                      args.repeats)
-    body = table(records)
+    sizes, masks = harness.parse_sizes(args.sizes, 1 << DEPTH), harness.parse_list(args.masks, MASKS, "--masks")
+    records = measure(sizes, masks, args.repeats)
+    training = measure_training(sizes, masks, args.train_repeats)
+    body = f"Predictions:\n\n{table(records)}\n\nTraining steps:\n\n{training_table(training)}"
     print(body)
     out = Path(args.out)
-    harness.write_json(out / "dispatch.json", records)
+    harness.write_json(out / "dispatch.json", {"predict": records, "train": training})
     command = harness.command_line("bench_dispatch.py", sys.argv[1:] if argv is None else argv)
     (out / "dispatch.md").write_text(f"Measured with `{command}` ({harness.environment(records)})\n\n{body}\n")
     print(f"wrote {out / 'dispatch.json'} and {out / 'dispatch.md'}")

@@ -79,16 +79,29 @@ def test_scripts_answer_help():
         assert done.returncode == 0 and "--repeats" in done.stdout, done.stderr
 
 
-def test_dispatch_counts_ops_and_syncs_of_a_prediction(tmp_path):
+def test_dispatch_counts_ops_and_syncs_of_a_prediction_and_a_training_step(tmp_path):
     import bench_dispatch
 
-    assert bench_dispatch.main(["--sizes", "64x128", "--masks", "street", "--repeats", "1", "--out",
-                                str(tmp_path)]) == 0
-    records = json.loads((tmp_path / "dispatch.json").read_text())
+    assert bench_dispatch.main(["--sizes", "64x128", "--masks", "street", "--repeats", "1", "--train-repeats", "1",
+                                "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "dispatch.json").read_text())
+    records = results["predict"]
+    whole = "folded, stem whole (GPU path)"
+    settings = ("oracle", "oracle's nodes, counted", "argmax")
     assert [(r["setting"], r["model"]) for r in records] == [
-        ("oracle", "folded"), ("oracle", "unfolded"), ("argmax", "folded"), ("argmax", "unfolded")]
-    folded, unfolded = records[0], records[1]
-    assert folded["nodes_per_level"] == unfolded["nodes_per_level"]
+        (setting, model) for setting in settings for model in ("folded", whole, "unfolded")]
+    folded, stem_whole, unfolded, counted = records[:4]
+    assert folded["nodes_per_level"] == stem_whole["nodes_per_level"] == unfolded["nodes_per_level"]
+    assert counted["nodes_per_level"] == folded["nodes_per_level"]
     assert 0 < folded["ops"] < unfolded["ops"]  # the folded batch norms are ops no longer dispatched
-    assert all(r["syncs"] <= 5 + 1 for r in records)  # one per expanded level and decoding's check
-    assert "| 64x128 | street | oracle | folded |" in (tmp_path / "dispatch.md").read_text()
+    assert stem_whole["ops"] == folded["ops"]  # 64 rows: one stripe, the whole stem on the CPU too
+    assert folded["syncs"] == 0 and counted["syncs"] == sum(n > 0 for n in folded["nodes_per_level"][1:])
+    assert all(r["syncs"] <= 5 for r in records)  # at most one per expanded level
+    training = results["train"]
+    assert [r["model"] for r in training] == ["qgn", "dense"]
+    for r in training:
+        assert set(r["ops_per_phase"]) == {"forward", "loss", "backward", "optimizer"}
+        assert sum(r["ops_per_phase"].values()) == r["ops"] > 0
+        assert r["syncs"] <= 5 + 1 and r["median_ms"] > 0  # QGN: one per expanded level; both: the loss value
+    text = (tmp_path / "dispatch.md").read_text()
+    assert "| 64x128 | street | oracle | folded |" in text and "| 64x128 | street | qgn |" in text
