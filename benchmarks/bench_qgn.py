@@ -8,7 +8,8 @@ Every configuration (model x mode x image size x mask x depth) runs in a fresh s
 depth in --depths (along the ground-truth tree), QGN training at full depth, the dense twin and the Unet once per
 mode. What each configuration runs and how its MACs are counted: benchmarks/workloads.py; how time (median wall
 and CPU time of --repeats runs after --warmup runs) and memory (peak RSS growth on CPU, peak allocated on CUDA)
-are measured: benchmarks/harness.py; the inputs ("street", "nuclei", one image, batch 1, 19 classes, depth 5):
+are measured: benchmarks/harness.py; the inputs ("street", "nuclei", one image, batch 1 - or `--batch-sizes`
+copies of it, reported as images/s -, 19 classes, depth 5):
 benchmarks/inputs.py. Every record holds the active fraction per level of the tree used.
 
 Output: a markdown table on stdout; `--json` (a list of records, one per configuration), `--markdown` (tables,
@@ -58,27 +59,49 @@ def run_suite(args, cache: Path, argv: list[str]) -> list[dict]:
                 print(f"skipping mask {mask!r}: {inputs.NUCLEI} not found", file=sys.stderr)
                 continue
             saved = inputs.save_inputs(cache / f"{mask}_{h}x{w}.pt", *made, height=h, width=w)
-            for model in args.models:
-                for mode in args.modes:
-                    depths = args.depths if (model == "qgn" and mode == "inference") else \
-                        ([DEPTH] if model == "qgn" else [None])
-                    for depth in depths:
-                        specs.append(workloads.make_spec(args, model, mode, depth, mask, saved))
+            for batch_size in args.batch_sizes:
+                for model in args.models:
+                    for mode in args.modes:
+                        depths = args.depths if (model == "qgn" and mode == "inference") else \
+                            ([DEPTH] if model == "qgn" else [None])
+                        for depth in depths:
+                            specs.append(workloads.make_spec(args, model, mode, depth, mask, saved,
+                                                             batch_size=batch_size))
     print(f"{len(specs)} configurations, one subprocess each", file=sys.stderr, flush=True)
     return workloads.run_all(specs, args.timeout, argv)
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| size | mask | model | mode | depth | median ms | CPU ms | peak MB (growth) | peak RSS MB | GMACs | "
-             "nodes per level |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | mask | batch | model | mode | depth | median ms | CPU ms | peak MB (growth) | peak RSS MB | "
+             "GMACs | nodes per level |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        head = f"| {r['height']}x{r['width']} | {r['mask']} | {r['model']} | {r['mode']} | {fmt_depth(r['depth'])} |"
+        head = f"| {r['height']}x{r['width']} | {r['mask']} | {r.get('batch_size', 1)} | {r['model']} | {r['mode']} | " \
+               f"{fmt_depth(r['depth'])} |"
         if "error" in r:
             lines.append(f"{head} error: {r['error']} | | | | | |")
             continue
         nodes = "-" if r["nodes_per_level"] is None else "/".join(map(str, r["nodes_per_level"]))
         lines.append(f"{head} {r['median_ms']:.0f} | {r['median_cpu_ms']:.0f} | {r['peak_memory_mb']:.0f} | "
                      f"{r['peak_rss_mb']:.0f} | {fmt_macs(r['macs'])} | {nodes} |")
+    return "\n".join(lines)
+
+
+def throughput_table(records: list[dict]) -> str:
+    """Inference images/s per batch size: QGN at full depth, the dense twin, the Unet ("" without several batch
+    sizes)."""
+    batches = sorted({r.get("batch_size", 1) for r in records if "error" not in r})
+    if len(batches) < 2:
+        return ""
+    names = {"qgn": "QGN", "dense": "dense twin", "smp_unet": "Unet-r18"}
+    lines = ["| size | mask | network | " + " | ".join(f"images/s, batch {b}" for b in batches) + " |",
+             "|---|---|---|" + "---|" * len(batches)]
+    for h, w, mask in sorted({(r["height"], r["width"], r["mask"]) for r in records if "error" not in r}):
+        for model, name in names.items():
+            found = [find(records, height=h, width=w, mask=mask, model=model, mode="inference", batch_size=b,
+                          depth=DEPTH if model == "qgn" else None) for b in batches]
+            if any(found):
+                cells = ["-" if r is None else f"{r['images_per_s']:.2f}" for r in found]
+                lines.append(f"| {h}x{w} | {mask} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -103,8 +126,8 @@ def verdicts(records: list[dict]) -> tuple[str, list[dict]]:
     for h, w, mask in sorted({(r["height"], r["width"], r["mask"]) for r in records if "error" not in r}):
         row, cells = {"height": h, "width": w, "mask": mask}, []
         for name, (model, mode, field, target) in RATIOS.items():
-            a, b = (find(records, height=h, width=w, mask=mask, model=m, mode=mode, depth=DEPTH if m == "qgn" else None)
-                    for m in (model, "qgn"))
+            a, b = (find(records, height=h, width=w, mask=mask, model=m, mode=mode, batch_size=1,
+                         depth=DEPTH if m == "qgn" else None) for m in (model, "qgn"))
             # memory growth below 1 MB is below what RSS measures reliably: no ratio rather than a huge one
             floor = 1.0 if field == "peak_memory_mb" else 0.0
             row[name] = value = None if a is None or b is None or b[field] <= floor else a[field] / b[field]
@@ -119,13 +142,17 @@ def verdicts(records: list[dict]) -> tuple[str, list[dict]]:
 
 def write_markdown(path: Path, records, argv) -> None:
     verdict_table, _ = verdicts(records)
+    throughput = throughput_table(records)
+    if throughput:
+        throughput = f"### Batched inference (images/s; QGN at full depth)\n\n{throughput}\n\n"
     first = next((r for r in records if "error" not in r), {"threads": "?", "device": "?"})
     threads, device = first["threads"], first["device"]
     command, machine = harness.command_line("bench_qgn.py", argv), harness.environment(records)
     text = f"""## Performance
 
 Measured with `{command}` on {machine}; {threads} torch threads, device {device}.
-Batch 1, 19 classes, depth 5; every configuration in a fresh process. QGN expands the ground-truth tree of the
+Batch 1 (unless the batch column says otherwise: copies of the image), 19 classes, depth 5; every configuration in a
+fresh process. QGN expands the ground-truth tree of the
 mask (`tree_source: oracle`) - the cost of a prediction whose tree matches the labels. "peak MB (growth)" is the
 peak RSS growth during the measured work (warm-up included) over the RSS right before it (after imports, model
 construction, input loading and a small priming pass); "peak RSS MB" is the absolute peak. "CPU ms" is the
@@ -146,7 +173,7 @@ its target is within noise.
 
 {fractions_table(records)}
 
-### All configurations
+{throughput}### All configurations
 
 {table(records)}
 """
@@ -157,6 +184,7 @@ its target is within noise.
 def write_plot(path: Path, records) -> None:
     import matplotlib
 
+    records = [r for r in records if r.get("batch_size", 1) == 1]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -201,12 +229,21 @@ def parse_args(argv):
     parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--depths", default=",".join(map(str, range(DEPTH + 1))), help="QGN inference depths")
+    parser.add_argument("--batch-sizes", default="1",
+                        help="images per batch, a list (copies of the input image; ratios use batch 1)")
     args = workloads.parse_args(parser, argv, "bench_qgn", "128x256,256x512",
                                 "128x256 and 256x512, one timed run: a smoke test")
     args.masks = harness.parse_list(args.masks, MASKS, "--masks")
     args.models = harness.parse_list(args.models, MODELS, "--models")
     args.modes = harness.parse_list(args.modes, MODES, "--modes")
     args.depths = [int(d) for d in args.depths.split(",")]
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--batch-sizes must be a comma-separated list of positive integers, got "
+                         f"{args.batch_sizes!r}") from None
+    if any(b < 1 for b in args.batch_sizes):
+        raise SystemExit(f"--batch-sizes must be positive, got {args.batch_sizes}")
     if any(not 0 <= d <= DEPTH for d in args.depths):
         raise SystemExit(f"--depths must lie in 0..{DEPTH}")
     return args
@@ -218,6 +255,10 @@ def report(args, records: list[dict], argv: list[str]) -> None:
     print(table(records))
     print()
     print(verdicts(records)[0])
+    throughput = throughput_table(records)
+    if throughput:
+        print()
+        print(throughput)
 
 
 def main(argv: list[str] | None = None) -> int:

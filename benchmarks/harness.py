@@ -196,7 +196,8 @@ def find(records: list[dict], **where) -> dict | None:
 
 def progress(r: dict) -> str:
     """One line per finished configuration (stderr)."""
-    head = f"{r.get('height')}x{r.get('width')} {r['mask']} {r['model']} {r['mode']} depth={fmt_depth(r['depth'])}"
+    head = f"{r.get('height')}x{r.get('width')} {r['mask']} {r['model']} {r['mode']} depth={fmt_depth(r['depth'])}" \
+           f" batch={r.get('batch_size', 1)}"
     if "error" in r:
         return f"{head}: ERROR {r['error']}"
     return f"{head}: {r['median_ms']:.0f} ms, +{r['peak_memory_mb']:.0f} MB (RSS {r['peak_rss_mb']:.0f}), " \

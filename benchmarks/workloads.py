@@ -2,15 +2,17 @@
 
     python benchmarks/workloads.py SPEC_JSON    # what `run_all` starts; prints one record
 
-Networks (`NETWORKS`, batch 1, 19 classes, depth 5):
+Networks (`NETWORKS`, 19 classes, depth 5; a batch of `batch_size` copies of the input image, batch 1 unless
+`--batch-sizes` says otherwise):
 - "qgn": `qgn.build_model(QGNConfig(model="qgn"))`. Inference: `qgn.predict.predict(model, images, max_depth=k,
   oracle_tree=tree)` - an untrained model's tree is meaningless, so QGN expands the ground-truth tree of the mask
   (`tree_source: "oracle"`): the cost of a prediction whose tree matches the labels.
 - "dense": its dense twin (`model="dense"`); inference `predict(model, images)` computes every cell of every level.
 - "smp_unet": `smp.Unet("resnet18", encoder_weights=None, classes=19)`; inference: forward plus argmax.
 
-Steps (`STEPS`): "inference" (eval mode, no autograd) and "train" (train mode: forward, loss, backward, AdamW
-step; `QuadtreeLoss` over the ground-truth tree for QGN and the dense twin, cross-entropy for the Unet). Both run
+Steps (`STEPS`): "inference" (eval mode, no autograd) and "train" (train mode: forward, loss, backward, the
+optimizer step of `qgn train` (fused AdamW); `QuadtreeLoss` over the ground-truth tree for QGN and the dense twin,
+as the trainer builds it, cross-entropy for the Unet). Both run
 under the CLI's precision (`--amp`, `--tf32`: `qgn.precision`), QGN with the sparse backend "auto" unless
 `--backend` says otherwise, and the library's OpenMP wait policy unless the environment or `--omp-wait-policy`
 sets one. Before the measured work, one step on a small crop pays the lazy initialisations (kernels, thread pools,
@@ -44,7 +46,9 @@ from qgn.cost import quadtree_macs
 from qgn.precision import AMP_DTYPES, autocast, grad_scaler, set_fp32_math
 from qgn.predict import predict
 from sparse_ops import BACKENDS, spconv_available
-from training.loss import QuadtreeLoss
+from training.config import RunConfig, TrainConfig
+from training.loss import QuadtreeLoss, build_criterion
+from training.trainer import build_optimizer
 
 
 class QuadtreeNetwork:
@@ -151,12 +155,15 @@ class InferenceStep:
 
 
 class TrainStep:
-    """One training step in train mode: forward and loss under autocast, backward (scaled under fp16), AdamW."""
+    """One training step in train mode: forward and loss under autocast, backward (scaled under fp16), and the
+    optimizer `qgn train` builds (`training.trainer.build_optimizer`: AdamW, fused); QGN's and the dense twin's loss
+    as the trainer builds it (`build_criterion`: no per-step label check)."""
 
     def __init__(self, network, model: nn.Module, depth: int | None, device: torch.device, amp: str):
         self.network, self.model, self.device, self.amp = network, model.train(), device, amp
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        self.criterion = QuadtreeLoss(NUM_CLASSES, DEPTH).to(device)  # QGN's and the dense twin's
+        run = RunConfig(model=QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH), train=TrainConfig(lr=1e-4))
+        self.optimizer = build_optimizer(model, run.train)
+        self.criterion = build_criterion(run).to(device)
         self.scaler = grad_scaler(amp, device)
 
     def __call__(self, images, masks, tree, update: bool = True) -> float:
@@ -185,6 +192,8 @@ def run_configuration(spec: dict) -> dict:
     amp, depth = spec["amp"], spec["depth"]
     set_fp32_math(spec["tf32"])
     images, masks = load_inputs(spec["inputs"], device)
+    batch = spec["batch_size"]
+    images, masks = images.expand(batch, -1, -1, -1).contiguous(), masks.expand(batch, -1, -1).contiguous()
     tree = qt.encode(masks, DEPTH)
     model = network.build(spec["seed"], spec["backend"]).to(device)
     step = STEPS[spec["mode"]](network, model, depth, device, amp)
@@ -201,21 +210,22 @@ def run_configuration(spec: dict) -> dict:
 
     load_avg = measured.pop("load_avg_1min")
     return {"model": spec["model"], "mode": spec["mode"], "height": int(images.shape[2]),
-            "width": int(images.shape[3]), "depth": depth, "mask": spec["mask"], "batch_size": 1,
-            "num_classes": NUM_CLASSES, **measured, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "macs": int(macs), "nodes_per_level": nodes_per_level, "tree_source": network.tree_source,
+            "width": int(images.shape[3]), "depth": depth, "mask": spec["mask"], "batch_size": batch,
+            "images_per_s": round(1e3 * batch / measured["median_ms"], 3), "num_classes": NUM_CLASSES, **measured, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "macs": int(macs) // batch, "nodes_per_level": nodes_per_level, "tree_source": network.tree_source,
             "params": sum(p.numel() for p in model.parameters()), "device": str(device), "amp": amp,
             "tf32": spec["tf32"], "backend": spec["backend"], "threads": spec["threads"], "warmup": spec["warmup"],
             "repeats": spec["repeats"], "load_avg_1min": load_avg, "torch": torch.__version__, **spec["extra"]}
 
 
 def make_spec(args: argparse.Namespace, model: str, mode: str, depth: int | None, mask: str, inputs: dict,
-              extra: dict | None = None) -> dict:
+              extra: dict | None = None, batch_size: int = 1) -> dict:
     """The spec of one configuration: the measurement options of `args` (`parse_args`), the input
     file and tree summary of `inputs` (`inputs.save_inputs`), `extra` fields for the record."""
-    big = inputs["height"] * inputs["width"] >= 1024 * 2048
+    big = batch_size * inputs["height"] * inputs["width"] >= 1024 * 2048
     repeats = args.repeats if args.repeats is not None else (3 if (big and (mode == "train" or model != "qgn")) else 5)
     return {"model": model, "mode": mode, "depth": depth, "mask": mask, "inputs": inputs["inputs"],
+            "batch_size": batch_size,
             "height": inputs["height"], "width": inputs["width"],
             "warmup": args.warmup, "repeats": repeats, "threads": args.threads, "device": args.device,
             "amp": args.amp, "tf32": args.tf32, "backend": args.backend, "seed": args.seed,
@@ -229,7 +239,7 @@ def run_all(specs: list[dict], timeout: float, argv: list[str]) -> list[dict]:
     records), each with the command line `argv`; a progress line per record on stderr."""
     records = []
     for spec in specs:
-        identity = {k: spec[k] for k in ("model", "mode", "depth", "mask")}
+        identity = {k: spec[k] for k in ("model", "mode", "depth", "mask", "batch_size")}
         record = harness.run_isolated(Path(__file__).resolve(), spec, identity, timeout, spec["threads"],
                                       spec["omp_wait_policy"])
         record.setdefault("height", spec["height"])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import quadtree  # noqa: F401  (first: the OpenMP wait policy is set before torch loads)
+import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,7 +49,8 @@ def test_suite_runs_every_step_of_both_networks_and_writes_its_reports(tmp_path,
     records = json.loads((out / "bench_qgn.json").read_text())
     assert [(r["model"], r["mode"], r["depth"]) for r in records] == [
         ("qgn", "inference", 5), ("qgn", "train", 5), ("dense", "inference", None), ("dense", "train", None)]
-    fields = {"model", "mode", "height", "width", "depth", "mask", "batch_size", "num_classes", "peak_memory_mb",
+    fields = {"model", "mode", "height", "width", "depth", "mask", "batch_size", "images_per_s", "num_classes",
+              "peak_memory_mb",
               "peak_rss_mb", "baseline_rss_mb", "peak_reset", "ru_maxrss_mb", "median_ms", "times_ms", "median_cpu_ms",
               "omp_wait_policy", "macs", "nodes_per_level", "tree_source", "params", "device", "amp", "tf32",
               "backend", "threads", "warmup", "repeats", "load_avg_1min", "torch", "active_fraction_per_level",
@@ -62,7 +64,35 @@ def test_suite_runs_every_step_of_both_networks_and_writes_its_reports(tmp_path,
     assert dense_inference["nodes_per_level"] == [4 ** level * 4 for level in range(6)]  # every cell of 2x2 roots
     assert dense_inference["macs"] > qgn_inference["macs"]
     assert (out / "bench_qgn.md").is_file() and (out / "bench_qgn.png").is_file()
-    assert "| 64x64 | street | qgn | inference | 5 |" in capsys.readouterr().out
+    assert "| 64x64 | street | 1 | qgn | inference | 5 |" in capsys.readouterr().out
+
+
+def test_batched_inference_reports_images_per_second(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench_qgn.main(["--sizes", "64x64", "--masks", "street", "--models", "qgn", "--modes", "inference",
+                           "--depths", "5", "--batch-sizes", "1,3", "--repeats", "1", "--warmup", "0", "--threads",
+                           "1", "--out", str(out)]) == 0
+    one, three = json.loads((out / "bench_qgn.json").read_text())
+    assert (one["batch_size"], three["batch_size"]) == (1, 3)
+    assert three["macs"] == one["macs"]  # per image
+    assert three["nodes_per_level"] == [3 * n for n in one["nodes_per_level"]]
+    assert three["images_per_s"] == pytest.approx(3e3 / three["median_ms"], rel=1e-3)
+    text = (out / "bench_qgn.md").read_text()
+    assert "images/s, batch 1 | images/s, batch 3" in text and "| 64x64 | street | QGN |" in text
+    assert "| 64x64 | street | 3 | qgn | inference | 5 |" in capsys.readouterr().out
+
+
+def test_ab_compares_two_revisions_step_by_step(tmp_path):
+    import bench_ab
+
+    assert bench_ab.main(["--base", "HEAD", "--sizes", "64x64", "--masks", "street", "--rounds", "2", "--warmup",
+                          "0", "--out", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "ab.json").read_text())
+    assert [r["workload"] for r in records] == ["predict", "train"]
+    for r in records:
+        assert r["base_ms"] > 0 and r["new_ms"] > 0 and r["new_over_base"] == pytest.approx(
+            r["new_ms"] / r["base_ms"], abs=1e-3)
+    assert "| predict | 64x64 | street |" in (tmp_path / "ab.md").read_text()
 
 
 def test_readme_ratio_rows_are_those_of_the_committed_records():

@@ -266,7 +266,7 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
         scaler.scale(losses["loss"]).backward()
         # the step's one host synchronisation, once the backward pass is queued (the device runs it meanwhile);
         # before the optimizer step, which a non-finite loss must not reach
-        loss_value = float(losses["loss"])
+        loss_value = float(losses["loss"].detach())
         if not math.isfinite(loss_value):
             bad = [name for name, value in losses.items() if name != "loss" and not torch.isfinite(value)]
             raise FloatingPointError(f"non-finite loss at step {progress.step} (epoch {progress.epoch}): "
