@@ -51,7 +51,10 @@ def decode(tree: Quadtree, dtype: torch.dtype = torch.uint8, check_complete: boo
     Raises:
         ValueError: when a node on the tree's last non-empty level is still MIXED (nothing says what is under it).
     """
-    grid = _paint(tree, tree.depth, dtype if dtype in PAINT_DTYPES else torch.int16)
+    # the check reads the whole grid: in int16 it reads a quarter of int64's bytes (measured on a CPU at 2048x4096:
+    # painting in int64 and checking there was 1.13x slower); unchecked, painting in the dtype saves a cast per level
+    direct = dtype in PAINT_DTYPES and not check_complete
+    grid = _paint(tree, tree.depth, dtype if direct else torch.int16)
     if check_complete and bool((grid < 0).any()):
         raise ValueError("the tree has MIXED nodes without children: it does not describe every pixel; resolve "
                          "them (e.g. predict with max_depth) before decoding")
@@ -61,7 +64,7 @@ def decode(tree: Quadtree, dtype: torch.dtype = torch.uint8, check_complete: boo
 
 
 PAINT_DTYPES = (torch.int16, torch.int32, torch.int64)
-"""Integer dtypes that hold every label and MIXED (-1): painted in directly (others: int16, cast at the end)."""
+"""Integer dtypes that hold every label and MIXED (-1): an unchecked decode paints in them directly."""
 
 
 def _paint(tree: Quadtree, level: int, dtype: torch.dtype) -> torch.Tensor:
