@@ -15,9 +15,11 @@ Workloads (only APIs both revisions have):
   `load_predictor` runs, expanding the ground-truth tree of the mask.
 - "train": one training step as `qgn train` runs it: `build_criterion` and `build_optimizer` of a `RunConfig`,
   forward along the ground-truth tree, loss, backward, optimizer step (the optimizer's state exists).
+- "decode": `quadtree.decode(tree, dtype=torch.int64)` of the mask's tree (painting the labels, checked).
 
-Prints a table (median ms per step of each revision, new / base, peak RSS of each worker) and writes OUT/ab.json
-and OUT/ab.md.
+Prints a table (median ms per step of each revision, new / base; the peak live tensor memory of one step,
+counted exactly by `qgn.cost.peak_memory` where the revision has it; the peak RSS of each worker process) and
+writes OUT/ab.json and OUT/ab.md.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import harness  # noqa: E402
 import inputs  # noqa: E402
 from harness import ROOT  # noqa: E402
 
-WORKLOADS = ("predict", "train")
+WORKLOADS = ("predict", "train", "decode")
 
 WORKER = r'''
 import json, resource, sys, time
@@ -54,7 +56,10 @@ images, masks = data["image"][None], data["mask"][None].long()
 tree = qt.encode(masks, spec["depth"])
 torch.manual_seed(0)
 config = QGNConfig(num_classes=spec["num_classes"], depth=spec["depth"])
-if spec["workload"] == "predict":
+if spec["workload"] == "decode":
+    def step():
+        qt.decode(tree, dtype=torch.int64)
+elif spec["workload"] == "predict":
     from qgn.fold import fold_batch_norm
     from qgn.predict import predict
     model = fold_batch_norm(build_model(config))
@@ -70,13 +75,21 @@ else:
     def step():
         out = model(images, tree)
         loss = criterion(out.level_logits, tree, out.full_logits, masks)["loss"]
-        float(loss)
+        float(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 for _ in range(spec["warmup"]):
     step()
-print("ready", flush=True)
+try:  # the peak of live tensor memory of one more step, where the revision can count it (exact, untimed)
+    from qgn.cost import peak_memory
+except ImportError:
+    tensor_mb = None
+else:
+    with peak_memory("cpu") as memory:
+        step()
+    tensor_mb = memory["peak_mb"]
+print("ready " + json.dumps({"peak_tensor_mb": tensor_mb}), flush=True)
 for line in sys.stdin:
     if line.strip() != "step":
         break
@@ -100,17 +113,17 @@ class Worker:
         self.process = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(spec)], cwd=root, env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
-        self._expect("ready")
+        self.ready = json.loads(self._expect("ready")[len("ready"):])
 
     def step(self) -> dict:
         self.process.stdin.write("step\n")
         self.process.stdin.flush()
         return json.loads(self._expect(None))
 
-    def _expect(self, text: str | None) -> str:
+    def _expect(self, prefix: str | None) -> str:
         ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
         line = self.process.stdout.readline() if ready else ""
-        if not line or (text is not None and line.strip() != text):
+        if not line or (prefix is not None and not line.startswith(prefix)):
             self.process.kill()
             raise RuntimeError(f"worker failed: {line.strip() or 'no answer'} | "
                                f"{' | '.join(self.process.stderr.read().strip().splitlines()[-5:])}")
@@ -148,16 +161,20 @@ def compare(base_root: Path, spec: dict, rounds: int, timeout: float) -> dict:
     for name, steps in times.items():
         result[f"{name}_ms"] = round(statistics.median(s["ms"] for s in steps), 2)
         result[f"{name}_peak_rss_mb"] = round(max(s["peak_rss_mb"] for s in steps), 1)
+        tensor_mb = workers[name].ready["peak_tensor_mb"]
+        result[f"{name}_peak_tensor_mb"] = None if tensor_mb is None else round(tensor_mb, 1)
     result["new_over_base"] = round(result["new_ms"] / result["base_ms"], 3)
     return result
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| workload | size | mask | base ms | new ms | new / base | base peak RSS MB | new peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | size | mask | base ms | new ms | new / base | peak tensor MB, base / new | peak RSS MB, "
+             "base / new |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
+        tensors = " / ".join("-" if r[f"{n}_peak_tensor_mb"] is None else f"{r[f'{n}_peak_tensor_mb']:.1f}"
+                             for n in ("base", "new"))
         lines.append(f"| {r['workload']} | {r['height']}x{r['width']} | {r['mask']} | {r['base_ms']:.1f} | "
-                     f"{r['new_ms']:.1f} | {r['new_over_base']:.3f} | {r['base_peak_rss_mb']:.0f} | "
+                     f"{r['new_ms']:.1f} | {r['new_over_base']:.3f} | {tensors} | {r['base_peak_rss_mb']:.0f} / "
                      f"{r['new_peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
@@ -168,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="the revision to compare the working tree with (git rev)")
     parser.add_argument("--sizes", default="512x1024,1024x2048", help=f"HxW list (multiples of {1 << inputs.DEPTH})")
     parser.add_argument("--masks", default="street,nuclei", help=f"subset of {','.join(inputs.MASKS)}")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--workloads", default="predict,train", help=f"subset of {','.join(WORKLOADS)}")
     parser.add_argument("--rounds", type=int, default=20, help="timed steps of each revision per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each worker first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each worker")

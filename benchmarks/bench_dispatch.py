@@ -1,7 +1,8 @@
 """Host overhead of a prediction and of a training step, counted on any machine: aten ops dispatched and ops that
 force a host sync.
 
-    python benchmarks/bench_dispatch.py [--sizes 512x1024] [--repeats 10] [--train-repeats 3] [--out runs/bench]
+    python benchmarks/bench_dispatch.py [--sizes 512x1024] [--repeats 10] [--train-repeats 3] [--device cpu]
+                                        [--out runs/bench]
 
 On a GPU every aten op is one or more kernel launches and every sync-forcing op (nonzero, item, ...) stalls the
 host until the GPU catches up, so these counts, taken on the CPU with a TorchDispatchMode, are device-independent
@@ -19,7 +20,10 @@ own argmax rule (untrained weights: the fixed part, encoder, root and painting) 
 `ResNetEncoder.stripes_stem`), and unfolded; each is timed (median CPU wall time of `--repeats` calls after a
 warm-up, side by side in one process). The counted predict is the second of its model and input (the steady state
 of a predictor: what depends only on the weights or on the root grid is derived on the first call and kept,
-`sparse_ops.inference_weights`); the first call's count is reported beside it.
+`sparse_ops.inference_weights`); the first call's count is reported beside it. With `--device cuda` the networks
+run on the GPU (same ops; the sparse convs on the device's default backend, spconv, whose own kernels are not aten
+ops) and each timing adds the host's time per call, the GPU kernels' time and count, and the CUDA runtime calls
+that made the host wait (torch.profiler) - issue 12's "host time per predict no more than GPU time".
 
 Training steps: QGN and its dense twin, one step as `qgn train` runs it (train mode, forward on the ground-truth
 tree, `QuadtreeLoss` as the trainer builds it, backward, the optimizer of `training.trainer.build_optimizer`),
@@ -103,15 +107,53 @@ def count(run) -> dict:
             "nodes_per_level": nodes}
 
 
-def median_ms(run, repeats: int) -> float:
-    with torch.no_grad():
+def timings(run, repeats: int, device: torch.device) -> dict:
+    """Median milliseconds of `run()` after a warm-up: "median_ms" until its work is done (on CUDA: synchronised),
+    and on CUDA "host_ms", until the call returns (the host's part: launching, and waiting where an op forces a
+    sync), with `device_profile`'s figures of one more call."""
+    cuda = device.type == "cuda"
+    run()
+    done, returned = [], []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
         run()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+        returned.append(time.perf_counter() - started)
+        if cuda:
+            torch.cuda.synchronize(device)
+        done.append(time.perf_counter() - started)
+    result = {"median_ms": 1e3 * statistics.median(done)}
+    if cuda:
+        result.update(host_ms=1e3 * statistics.median(returned), **device_profile(run, device))
+    return result
+
+
+CUDA_SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+"""CUDA runtime calls that make the host wait for the device (cudaMemcpy: the synchronous copies; cudaMemcpyAsync
+from pinned memory does not wait and is not counted)."""
+
+
+def device_profile(run, device: torch.device) -> dict:
+    """GPU time, kernels and host waits of one `run()` on CUDA, from torch.profiler: "gpu_ms", the kernels' and
+    copies' device time summed; "kernels", their number; "cuda_syncs", the runtime calls that made the host wait
+    for the device (CUDA_SYNC_CALLS)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize(device)
+    events = prof.events()
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    waits = sorted((e for e in events if e.device_type == DeviceType.CPU and
+                    any(e.name == call or e.name.startswith(call + "_") for call in CUDA_SYNC_CALLS)),
+                   key=lambda e: e.time_range.start)
+    if waits and waits[-1].name == "cudaDeviceSynchronize":
+        waits = waits[:-1]  # the profile's own final synchronize, not the run's
+    return {"gpu_ms": sum(e.time_range.elapsed_us() for e in on_device) / 1e3, "kernels": len(on_device),
+            "cuda_syncs": len(waits)}
 
 
 def settings(tree: qt.Quadtree) -> dict:
@@ -125,9 +167,9 @@ def settings(tree: qt.Quadtree) -> dict:
             "argmax": lambda model, images: predict(model, images)}
 
 
-def measure(sizes, masks, repeats: int) -> list[dict]:
+def measure(sizes, masks, repeats: int, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
-    unfolded = build_model(QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH)).eval()
+    unfolded = build_model(QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH)).to(device).eval()
     folded = fold_batch_norm(unfolded)
     stem_whole = fold_batch_norm(unfolded)
     stem_whole.encoder.stem_tile_rows = None
@@ -136,21 +178,23 @@ def measure(sizes, masks, repeats: int) -> list[dict]:
     for height, width in sizes:
         for mask_name in masks:
             image, mask = MASKS[mask_name](height, width)
-            images = image[None]
-            tree = qt.encode(mask[None], DEPTH)
+            images = image[None].to(device)
+            tree = qt.encode(mask[None].to(device), DEPTH)
             for setting, run in settings(tree).items():
                 for model_name, model in models:
                     record = {"height": height, "width": width, "mask": mask_name, "setting": setting,
-                              "model": model_name, **environment(), **count(lambda: run(model, images))}
-                    record["median_ms"] = median_ms(lambda: run(model, images), repeats)
+                              "model": model_name, **environment(device), **count(lambda: run(model, images))}
+                    with torch.no_grad():
+                        record.update(timings(lambda: run(model, images), repeats, device))
                     records.append(record)
                     print(f"{height}x{width} {mask_name} {setting} {model_name}: {record['ops']} ops, "
                           f"{record['syncs']} syncs, {record['median_ms']:.1f} ms", file=sys.stderr)
     return records
 
 
-def environment() -> dict:
-    return {"load_avg_1min": os.getloadavg()[0], "torch": torch.__version__, "threads": torch.get_num_threads()}
+def environment(device: torch.device) -> dict:
+    return {"load_avg_1min": os.getloadavg()[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
 
 TRAIN_PHASES = ("forward", "loss", "backward", "optimizer")
@@ -168,7 +212,7 @@ def train_step(model, criterion, optimizer, images, masks, tree, counter: "OpCou
     output = model(images, tree)
     phase("loss")
     losses = model_losses(criterion, output, tree, masks)
-    loss = float(losses["loss"])
+    loss = float(losses["loss"].detach())
     phase("backward")
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
@@ -177,33 +221,28 @@ def train_step(model, criterion, optimizer, images, masks, tree, counter: "OpCou
     return loss
 
 
-def measure_training(sizes, masks, repeats: int) -> list[dict]:
+def measure_training(sizes, masks, repeats: int, device: torch.device) -> list[dict]:
     records = []
     for height, width in sizes:
         for mask_name in masks:
             image, mask = MASKS[mask_name](height, width)
-            images, masks_ = image[None], mask[None].long()
-            tree = qt.encode(mask[None], DEPTH)
+            images, masks_ = image[None].to(device), mask[None].long().to(device)
+            tree = qt.encode(masks_, DEPTH)
             for kind in ("qgn", "dense"):
                 torch.manual_seed(0)
                 config = RunConfig(model=QGNConfig(num_classes=NUM_CLASSES, depth=DEPTH, model=kind))
-                model = build_model(config.model).train()
-                criterion, optimizer = build_criterion(config), build_optimizer(model, config.train)
-                for _ in range(2):  # the optimizer's state exists from the first step on
-                    train_step(model, criterion, optimizer, images, masks_, tree)
+                model = build_model(config.model).to(device).train()
+                criterion, optimizer = build_criterion(config).to(device), build_optimizer(model, config.train)
+                train_step(model, criterion, optimizer, images, masks_, tree)  # the optimizer's state exists
                 with OpCounter() as counter:
                     train_step(model, criterion, optimizer, images, masks_, tree, counter)
-                times = []
-                for _ in range(repeats):
-                    started = time.perf_counter()
-                    train_step(model, criterion, optimizer, images, masks_, tree)
-                    times.append(time.perf_counter() - started)
-                record = {"height": height, "width": width, "mask": mask_name, "model": kind, **environment(),
+                record = {"height": height, "width": width, "mask": mask_name, "model": kind, **environment(device),
                           "ops": sum(counter.phase_ops[p] for p in TRAIN_PHASES),
                           "ops_per_phase": {p: counter.phase_ops[p] for p in TRAIN_PHASES},
                           "syncs": sum(counter.syncs.values()), "sync_ops": dict(counter.syncs),
                           "top_ops": dict(collections.Counter(counter.kept()).most_common(12)),
-                          "median_ms": 1e3 * statistics.median(times)}
+                          **timings(lambda: train_step(model, criterion, optimizer, images, masks_, tree), repeats,
+                                    device)}
                 records.append(record)
                 print(f"{height}x{width} {mask_name} train {kind}: {record['ops']} ops, {record['syncs']} syncs, "
                       f"{record['median_ms']:.0f} ms", file=sys.stderr)
@@ -211,23 +250,36 @@ def measure_training(sizes, masks, repeats: int) -> list[dict]:
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| size | mask | setting | model | aten ops (no views) | first call | sync ops | nodes per level | CPU ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | mask | setting | model | aten ops (no views) | first call | sync ops | nodes per level | "
+             f"{time_header(records)} |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['height']}x{r['width']} | {r['mask']} | {r['setting']} | {r['model']} | {r['ops']} | "
                      f"{r['ops_first_call']} | {fmt_syncs(r)} | {'/'.join(map(str, r['nodes_per_level']))} | "
-                     f"{r['median_ms']:.1f} |")
+                     f"{fmt_times(r)} |")
     return "\n".join(lines)
 
 
 def training_table(records: list[dict]) -> str:
     lines = ["| size | mask | network | aten ops (no views): " + " / ".join(TRAIN_PHASES) + " | all | sync ops | "
-             "CPU ms per step |", "|---|---|---|---|---|---|---|"]
+             f"{time_header(records)} |", "|---|---|---|---|---|---|---|"]
     for r in records:
         phases = " / ".join(str(r["ops_per_phase"][p]) for p in TRAIN_PHASES)
         lines.append(f"| {r['height']}x{r['width']} | {r['mask']} | {r['model']} | {phases} | {r['ops']} | "
-                     f"{fmt_syncs(r)} | {r['median_ms']:.0f} |")
+                     f"{fmt_syncs(r)} | {fmt_times(r)} |")
     return "\n".join(lines)
+
+
+def time_header(records: list[dict]) -> str:
+    if records and "gpu_ms" in records[0]:
+        return "ms (done / host / GPU kernels), kernels, CUDA syncs"
+    return "CPU ms"
+
+
+def fmt_times(r: dict) -> str:
+    if "gpu_ms" in r:
+        return (f"{r['median_ms']:.2f} / {r['host_ms']:.2f} / {r['gpu_ms']:.2f}, {r['kernels']} kernels, "
+                f"{r['cuda_syncs']} syncs")
+    return f"{r['median_ms']:.1f}"
 
 
 def fmt_syncs(r: dict) -> str:
@@ -240,11 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masks", default="street,nuclei", help=f"subset of {','.join(MASKS)}")
     parser.add_argument("--repeats", type=int, default=10, help="timed predictions per configuration")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed training steps per network")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the networks run (the counts are the same ops); cuda adds host time, GPU kernel "
+                             "time, kernels and CUDA syncs per call (torch.profiler)")
     parser.add_argument("--out", default="runs/bench", help="folder of dispatch.json and dispatch.md")
     args = parser.parse_args(argv)
     sizes, masks = harness.parse_sizes(args.sizes, 1 << DEPTH), harness.parse_list(args.masks, MASKS, "--masks")
-    records = measure(sizes, masks, args.repeats)
-    training = measure_training(sizes, masks, args.train_repeats)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible to torch")
+    device = torch.device(args.device)
+    records = measure(sizes, masks, args.repeats, device)
+    training = measure_training(sizes, masks, args.train_repeats, device)
     body = f"Predictions:\n\n{table(records)}\n\nTraining steps:\n\n{training_table(training)}"
     print(body)
     out = Path(args.out)

@@ -200,20 +200,21 @@ def write_plot(path: Path, records) -> None:
             ax = axes[row][col]
             for mask in masks:
                 color = colors.get(mask)
+                # a memory growth of 0 (below what RSS resolves) has no place on a log axis
                 points = sorted((r["depth"], r[field]) for r in records if "error" not in r and r["model"] == "qgn"
                                 and r["mode"] == "inference" and (r["height"], r["width"]) == (h, w)
-                                and r["mask"] == mask)
+                                and r["mask"] == mask and r[field] > 0)
                 if points:
                     ax.plot(*zip(*points), "o-", color=color, label=f"QGN ({mask})")
                 for model, style in (("dense", "--"), ("smp_unet", ":")):
                     r = find(records, model=model, mode="inference", height=h, width=w, mask=mask)
-                    if r is not None:
+                    if r is not None and r[field] > 0:
                         ax.axhline(r[field], linestyle=style, color=color,
                                    label=f"{'dense twin' if model == 'dense' else 'smp Unet-resnet18'} ({mask})")
             ax.set(yscale="log", xlabel="QGN inference depth (levels computed below the root grid)", ylabel=label,
                    title=f"{h}x{w}, batch 1, 19 classes")
             ax.grid(True, which="both", alpha=0.3)
-            if row == 0 and col == 0:
+            if row == 0 and col == 0 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,16 @@ def test_dispatch_counts_ops_and_syncs_of_a_prediction_and_a_training_step(tmp_p
         assert r["syncs"] <= 5 + 1 and r["median_ms"] > 0  # QGN: one per expanded level; both: the loss value
     text = (tmp_path / "dispatch.md").read_text()
     assert "| 64x128 | street | oracle | folded |" in text and "| 64x128 | street | qgn |" in text
+
+
+@pytest.mark.cuda
+def test_dispatch_on_a_gpu_reports_host_and_kernel_time(tmp_path):
+    import bench_dispatch
+
+    assert bench_dispatch.main(["--sizes", "64x128", "--masks", "street", "--repeats", "2", "--train-repeats", "1",
+                                "--device", "cuda", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "dispatch.json").read_text())
+    for r in results["predict"] + results["train"]:
+        assert r["median_ms"] > 0 and r["host_ms"] > 0 and r["gpu_ms"] > 0 and r["kernels"] > 0
+        assert r["cuda_syncs"] >= 0 and r["device"] != "cpu"
+    assert "kernels" in (tmp_path / "dispatch.md").read_text()

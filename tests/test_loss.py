@@ -62,7 +62,7 @@ def test_adaptive_weights_follow_the_running_ratio():
 
 def test_empty_and_all_ignore_levels_give_zero():
     logits = torch.randn(0, 3, requires_grad=True)
-    assert float(level_loss(logits, torch.zeros(0, dtype=torch.long), 2)) == 0.0
+    assert level_loss(logits, torch.zeros(0, dtype=torch.long), 2).item() == 0.0
     for weights in (None, torch.tensor([0.0, 0.0, 1.0])):  # all ignored; only classes of weight 0
         for labels in (torch.tensor([255, 255]), torch.tensor([0, 1])):
             logits = torch.randn(2, 3, requires_grad=True)
@@ -70,7 +70,7 @@ def test_empty_and_all_ignore_levels_give_zero():
             if weights is None and labels[0] != 255:
                 continue  # supervised: an ordinary loss
             loss.backward()
-            assert float(loss) == 0.0 and torch.equal(logits.grad, torch.zeros(2, 3))  # no 0/0 in either pass
+            assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros(2, 3))  # no 0/0 in either pass
 
 
 def test_not_finite_logits_give_a_not_finite_loss():
