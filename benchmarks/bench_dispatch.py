@@ -49,6 +49,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import harness
 from inputs import DEPTH, MASKS, NUM_CLASSES
 from qgn import QGNConfig, build_model
+from qgn.cost import forces_host_sync
 from qgn.fold import fold_batch_norm
 from qgn.predict import predict, predict_by_rule
 from training.config import RunConfig
@@ -60,15 +61,9 @@ VIEW_OPS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "expand", "perm
             "narrow", "flatten", "unflatten", "view_as", "diagonal", "unfold", "lift_fresh"}
 """Ops that only make a new view of existing memory: no kernel, not counted."""
 
-SYNC_OPS = {"nonzero", "_local_scalar_dense", "is_nonzero", "equal", "masked_select", "_unique2", "unique_dim",
-            "unique_consecutive", "repeat_interleave"}
-"""Ops whose output size or value the host needs before it can go on (repeat_interleave only with a tensor of
-repeats: counted here when it dispatches as such)."""
-
-
 class OpCounter(TorchDispatchMode):
     """Counts every aten op dispatched inside the block, by name, and the ops other than views per `phase` (a name
-    the caller sets as it goes), and the sync-forcing ones."""
+    the caller sets as it goes), and those that force a host sync (`qgn.cost.forces_host_sync`)."""
 
     def __init__(self):
         super().__init__()
@@ -82,7 +77,7 @@ class OpCounter(TorchDispatchMode):
         self.ops[name] += 1
         if name not in VIEW_OPS:
             self.phase_ops[self.phase] += 1
-        if name in SYNC_OPS:
+        if forces_host_sync(func, args, kwargs or {}):
             self.syncs[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -146,7 +141,9 @@ def device_profile(run, device: torch.device) -> dict:
         run()
         torch.cuda.synchronize(device)
     events = prof.events()
-    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    # kernels and copies; not the device-side spans of user annotations (record_function ranges such as
+    # "Optimizer.step#AdamW.step"), which torch's own tables leave out too
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     waits = sorted((e for e in events if e.device_type == DeviceType.CPU and
                     any(e.name == call or e.name.startswith(call + "_") for call in CUDA_SYNC_CALLS)),
                    key=lambda e: e.time_range.start)
@@ -212,10 +209,10 @@ def train_step(model, criterion, optimizer, images, masks, tree, counter: "OpCou
     output = model(images, tree)
     phase("loss")
     losses = model_losses(criterion, output, tree, masks)
-    loss = float(losses["loss"].detach())
     phase("backward")
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
+    loss = float(losses["loss"].detach())  # read once the backward pass is queued, as the trainer does
     phase("optimizer")
     optimizer.step()
     return loss

@@ -7,6 +7,9 @@ times the level's MACs per node (`DecoderLevel.macs_per_node`: submanifold convs
 cells likewise). tests/test_qgn_cost.py checks this against torch's own `FlopCounterMode` for both models.
 Batch norm, activations and indexing are not counted (they are not multiply-accumulates of a layer).
 
+Host synchronisations (`HostSyncs`): the ops whose output size or value the host needs before it can go on - on a
+GPU each one stalls the host until the device has caught up - counted on any device from the ops dispatched.
+
 Peak memory: on CUDA the allocator's own peak (`torch.cuda.max_memory_allocated`, reset at entry). On CPU, torch
 keeps no allocator statistics and the process RSS is useless in-process (freed memory is not always returned to
 the OS), so `TensorMemoryTracker` counts the bytes of live tensor storages created inside the block (a
@@ -122,6 +125,48 @@ def conv2d_macs(module: nn.Module, run) -> int:
         for handle in handles:
             handle.remove()
     return total
+
+
+SYNC_OPS = {"nonzero", "_local_scalar_dense", "is_nonzero", "equal", "masked_select", "_unique2", "unique_dim",
+            "unique_consecutive", "bincount", "nonzero_static"}
+"""Ops that always make the host wait for the device (their output size or value); `forces_host_sync` adds the
+calls that do depending on their arguments."""
+
+
+def forces_host_sync(func, args, kwargs) -> bool:
+    """Whether an aten op (`func`, an OpOverload, with its arguments) makes the host wait for the device: the ops of
+    SYNC_OPS; indexing with a boolean mask (its output size); `repeat_interleave` with a tensor of repeats and no
+    `output_size`; a copy from a CUDA tensor to the CPU."""
+    name = func.overloadpacket.__name__
+    if name in SYNC_OPS:
+        return True
+    if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+    if name == "repeat_interleave":  # (repeats, *, output_size) or (self, repeats, dim, *, output_size)
+        repeats = args[1] if len(args) > 1 else args[0] if args else kwargs.get("repeats")
+        return isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None
+    if name in ("_to_copy", "copy_") and args:
+        source = args[1] if name == "copy_" else args[0]
+        target = args[0].device if name == "copy_" else kwargs.get("device")
+        return (isinstance(source, torch.Tensor) and source.device.type == "cuda" and target is not None
+                and torch.device(target).type == "cpu")
+    return False
+
+
+class HostSyncs(TorchDispatchMode):
+    """Inside the block, `names` lists the ops that made (or on a GPU would make) the host wait for the device
+    (`forces_host_sync`), in order. Counted on any device: on a CPU they are the ops a GPU run would stall on."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if forces_host_sync(func, args, kwargs):
+            self.names.append(func.overloadpacket.__name__)
+        return func(*args, **kwargs)
 
 
 class TensorMemoryTracker(TorchDispatchMode):

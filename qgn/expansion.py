@@ -47,7 +47,9 @@ class FollowTree:
 
     Besides the rule's mask, it knows the children it leads to without asking the device (`children_of`): the
     target's next level holds them, so the decoder takes their rows, parents and coordinates from there instead of
-    counting the mask's nodes on the host (a synchronisation per level on a GPU) and computing them again.
+    counting the mask's nodes on the host (a synchronisation per level on a GPU) and computing them again. The
+    target must keep the quadtree's invariants (`quadtree.check_structure`): trees from `encode`, `merge`, `split`
+    and `load` do, and `predict` checks an oracle tree (once per tree).
     """
 
     def __init__(self, target: qt.Quadtree):

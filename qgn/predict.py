@@ -107,4 +107,6 @@ def check_predict_args(model, images, max_depth, threshold, budget, oracle_tree)
         raise ValueError(f"oracle_tree (depth {oracle_tree.depth}, batch {oracle_tree.batch_size}, size "
                          f"{oracle_tree.image_size}) must match the model depth {depth} and the images "
                          f"(batch {images.shape[0]}, size {tuple(images.shape[2:])})")
+    if oracle_tree is not None:  # the decoder takes its children's rows and cells from it (qgn.expansion.FollowTree)
+        qt.check_structure_once(oracle_tree)
     return max_depth

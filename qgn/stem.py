@@ -37,7 +37,9 @@ def window_pixels(images: torch.Tensor, coords: torch.Tensor, kernel_size: int =
     if stride == 1:
         return _clamped_window(images, coords, kernel_size)
     window = window_index(coords, (height // stride, width // stride), batch, kernel_size, 1)
-    return bordered_pixels(images, stride, kernel_size // 2)[window]
+    # index_select takes int32 positions as they are (advanced indexing would copy them to int64 first)
+    return bordered_pixels(images, stride, kernel_size // 2).index_select(0, window.view(-1)).view(
+        coords.shape[0], kernel_size * kernel_size, channels)
 
 
 def bordered_pixels(images: torch.Tensor, stride: int, border: int) -> torch.Tensor:
@@ -54,8 +56,8 @@ def bordered_pixels(images: torch.Tensor, stride: int, border: int) -> torch.Ten
 def _clamped_window(images: torch.Tensor, coords: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """`window_pixels` at stride 1: (N, k * k, C) read at the clamped positions, zero where a tap leaves the image."""
     batch, channels, height, width = images.shape
-    b, y, x = coords.unbind(1)
-    steps = _steps(kernel_size, coords.dtype, coords.device)
+    b, y, x = coords.long().unbind(1)  # int64 positions: indexing would copy each int32 index tensor itself
+    steps = _steps(kernel_size, torch.int64, coords.device)
     rows, cols = y[:, None] + steps, x[:, None] + steps  # (N, k) the taps' rows and columns
     kept_rows, kept_cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
     # advanced indices around a slice: the indexed dims, broadcast to (N, k, k), come first -> (N, k, k, C)

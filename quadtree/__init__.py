@@ -19,11 +19,13 @@ from quadtree.mask_io import read_mask, write_mask
 from quadtree.pad import pad_to_multiple, padded_size
 from quadtree.stats import LevelStats, TreeStats, format_stats, tree_stats
 from quadtree.tree import (
-    CHILD_OFFSETS, MIXED, Quadtree, QuadtreeLevel, check_structure, child_coords, flat_index, root_coords,
+    CHILD_OFFSETS, MIXED, Quadtree, QuadtreeLevel, check_structure, check_structure_once, child_coords, flat_index,
+    root_coords,
 )
 
 __all__ = [
     "CHILD_OFFSETS", "MIXED", "LevelStats", "Quadtree", "QuadtreeLevel", "TreeStats", "check_structure",
+    "check_structure_once",
     "child_coords", "decode", "dense_level", "encode", "flat_index", "format_stats", "load", "pad_to_multiple",
     "padded_size", "read_mask", "root_coords", "save", "tree_stats", "write_mask",
 ]

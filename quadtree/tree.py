@@ -243,6 +243,15 @@ def check_structure(tree: Quadtree) -> None:
             raise ValueError(f"level {l}: child coordinates are not 2 * parent + (dy, dx) in storage order")
 
 
+def check_structure_once(tree: Quadtree) -> None:
+    """`check_structure`, remembered with the tree (in its root level's `derived`): a tree checked before - an
+    oracle tree predicted along again and again - is not checked again (the check copies the tree to the CPU)."""
+    key = ("check_structure", "passed")
+    if not tree.levels[0].derived.get(key):
+        check_structure(tree)
+        tree.levels[0].derived[key] = True
+
+
 def root_coords(batch_size: int, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """int32 (B * h * w, 3) row-major contiguous: every cell of a (B, h, w) root grid in (batch, y, x) order."""
     b, y, x = torch.meshgrid(

@@ -53,10 +53,9 @@ def gather_dense(dense: torch.Tensor, geometry: SparseGeometry, mode: str = "nea
             f"axis; pool a finer map down first (e.g. F.avg_pool2d) or gather at the level of the map's stride"
         )
     fy, fx = h // height, w // width
+    b, y, x = coords.long().unbind(1)  # one copy: indexing would convert each int32 index tensor itself
     if mode == "nearest":
-        b, y, x = coords.unbind(1)  # int32 indices: no conversion
         return dense[b, :, y if fy == 1 else y // fy, x if fx == 1 else x // fx]  # (N, C)
-    b, y, x = coords.long().unbind(1)
     y0, y1, wy = _linear_taps(y, fy, height, dense.dtype)
     x0, x1, wx = _linear_taps(x, fx, width, dense.dtype)
     wy, wx = wy[:, None], wx[:, None]

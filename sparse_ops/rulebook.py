@@ -57,7 +57,7 @@ def neighbour_table(
     window = window_index(coords, spatial_shape, batch_size, kernel_size, dilation)  # (N, kk) cells of that map
     index_map = torch.full((batch_size * (h + 2 * r) * (w + 2 * r),), n, dtype=torch.int64, device=coords.device)
     index_map[window[:, (kernel_size * kernel_size) // 2]] = torch.arange(n, device=coords.device)  # the centres
-    return index_map[window]
+    return index_map.index_select(0, window.view(-1)).view(window.shape)  # int32 positions taken as they are
 
 
 def window_index(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import quadtree as qt
-from host_syncs import HostSyncs
+from qgn.cost import HostSyncs
 from training.loss import LossConfig, QuadtreeLoss, level_loss
 
 
@@ -80,9 +80,14 @@ def test_not_finite_logits_give_a_not_finite_loss():
     assert torch.isnan(level_loss(logits, torch.tensor([0, 255]), 2))
 
 
-def test_labels_beyond_num_classes_are_rejected():
+def test_labels_that_are_not_classes_are_rejected():
     with pytest.raises(ValueError, match="num_classes"):
         level_loss(torch.randn(2, 2), torch.tensor([0, 5]), 2)
+    with pytest.raises(ValueError, match=r"labels \[-2\]"):
+        level_loss(torch.randn(2, 3), torch.tensor([0, -2]), 2)
+    with pytest.raises(ValueError, match=r"labels \[-1\].*MIXED"):  # MIXED at full resolution (C logits)
+        level_loss(torch.randn(2, 2), torch.tensor([0, qt.MIXED]), 2)
+    level_loss(torch.randn(3, 3), torch.tensor([0, qt.MIXED, 255]), 2)  # above full resolution: a label
     with pytest.raises(ValueError, match=r"labels \[2\] are not classes"):  # class C is MIXED's logit, no label
         QuadtreeLoss(2, 1)([torch.randn(4, 3), torch.randn(0, 2)], qt.encode(np.full((4, 4), 2, np.uint8), 1))
 

@@ -67,3 +67,21 @@ def test_peak_memory_counts_live_tensors_on_cpu():
         del a, b
         c = torch.ones(1 << 18)
     assert memory["peak_mb"] == pytest.approx(2.0) and c.numel() == 1 << 18
+
+
+def test_host_syncs_are_the_ops_whose_size_or_value_the_host_needs():
+    from qgn.cost import HostSyncs
+
+    x = torch.arange(10)
+    with HostSyncs() as syncs:
+        x[x > 3]  # a boolean mask: the output size
+        torch.nonzero(x)
+        x.repeat_interleave(torch.full((10,), 2))  # repeats as a tensor, no output_size
+        x.sum().item()
+    assert syncs.names == ["index", "nonzero", "repeat_interleave", "_local_scalar_dense"]
+    with HostSyncs() as none:
+        x[torch.tensor([1, 2])]
+        x.repeat_interleave(2)
+        x.repeat_interleave(torch.full((10,), 2), output_size=20)
+        x * 2
+    assert none.names == []

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import quadtree as qt
-from host_syncs import HostSyncs
 from qgn import QGN, DenseTwin, QGNConfig, build_model
+from qgn.cost import HostSyncs
 from rounding import AUTOCAST_PARAMS, eps
 from sparse_ops import SparseGeometry, gather_dense
 

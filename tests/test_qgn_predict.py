@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import quadtree as qt
-from host_syncs import HostSyncs
+from qgn.cost import HostSyncs
 from stand_in import DEPTH, coarsened, example_masks, small_model, stand_in
 
 
@@ -102,6 +102,25 @@ def test_bad_arguments(masks):
         model.predict(images, oracle_tree=qt.encode(masks, DEPTH))
 
 
+def test_an_oracle_tree_that_breaks_the_invariants_is_refused_once_checked():
+    """The decoder takes the children's rows and cells from an oracle tree: one whose children are out of their
+    (dy, dx) order (it still decodes to its mask) is refused instead of painting wrong labels; a valid tree is
+    checked on its first prediction only."""
+    masks = example_masks()
+    tree = qt.encode(masks, DEPTH)
+    last = tree.levels[DEPTH]
+    order = torch.arange(last.num_nodes).view(-1, 4).flip(1).reshape(-1)  # each group's children reversed
+    shuffled = tree._replace(levels=tree.levels[:DEPTH] + (
+        qt.QuadtreeLevel(last.coords[order].contiguous(), last.labels[order], last.parent[order]),))
+    assert np.array_equal(qt.decode(shuffled).numpy(), qt.decode(tree).numpy())
+    model = small_model()
+    images = torch.randn(*masks.shape[:1], 3, *masks.shape[1:])
+    with pytest.raises(ValueError, match="child coordinates"):
+        model.predict(images, oracle_tree=shuffled)
+    model.predict(images, oracle_tree=tree)
+    assert tree.levels[0].derived.get(("check_structure", "passed"))
+
+
 def test_padding_costs_what_encode_gives_it_and_is_replicated():
     """13x21 images at depth 3 (padded to 16x24): with every node of the image expanded (threshold 0), the
     predicted tree has exactly the nodes `encode` gives an all-boundary mask of that size - nodes wholly in the
@@ -128,12 +147,13 @@ def test_padding_costs_what_encode_gives_it_and_is_replicated():
 def test_a_full_depth_prediction_synchronises_the_host_once_per_level():
     """On a GPU every op whose output size or value the host needs (nonzero, item, ...) stalls it until the device
     catches up: a prediction may force one per expanded level (its number of children), no more (a budget ranks its
-    candidates without one; painting the labels needs none) - counted on the CPU with a dispatch mode
-    (benchmarks/bench_dispatch.py counts all ops)."""
-    masks = example_masks()
+    candidates without one; painting the labels needs none; along an oracle tree, checked once, none at all) -
+    counted on the CPU with a dispatch mode (benchmarks/bench_dispatch.py counts all ops)."""
+    tree = qt.encode(example_masks(), DEPTH)
+    qt.check_structure_once(tree)  # predict checks an oracle tree on its first use only
     for kind in ("qgn", "dense"):
         model = small_model(kind)
-        for knobs in ({"oracle_tree": qt.encode(masks, DEPTH)}, {"threshold": 0.0}, {"threshold": 0.2, "budget": 3}):
+        for knobs in ({"oracle_tree": tree}, {"threshold": 0.0}, {"threshold": 0.2, "budget": 3}):
             with HostSyncs() as syncs:
                 model.predict(torch.randn(2, 3, 24, 32), **knobs)
             assert len(syncs.names) <= DEPTH, (kind, knobs, syncs.names)
@@ -150,3 +170,25 @@ def test_the_dense_twin_predicts_images_smaller_than_a_root_cell():
 def test_a_prediction_does_not_keep_the_decoders_rulebooks():
     prediction = small_model().predict(torch.randn(1, 3, 24, 32), threshold=0.0)
     assert all(level.derived == {} for level in prediction.tree.levels)
+
+
+def test_no_index_is_converted_inside_an_indexing_op():
+    """Indexing with int32 index tensors converts each to int64 inside the op, where a count of the dispatched ops
+    (benchmarks/bench_dispatch.py) cannot see it and a GPU runs one more kernel per index: the gathers and the
+    painting widen the coordinates themselves - checked with torch.profiler, which sees the nested ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    indexing = {"aten::index", "aten::index_put_", "aten::_index_put_impl_", "aten::index_select"}
+
+    def inside_indexing(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None and parent.name not in indexing:
+            parent = parent.cpu_parent
+        return parent is not None
+
+    for kind in ("qgn", "dense"):
+        model = small_model(kind)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.predict(torch.randn(2, 3, 24, 32), threshold=0.0)  # every level, both pixel stems
+        nested = [e.name for e in prof.events() if e.name == "aten::_to_copy" and inside_indexing(e)]
+        assert nested == [], (kind, nested)

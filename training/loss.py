@@ -41,8 +41,9 @@ def level_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ign
         weighted mean over nodes whose label is not the ignore index, as `F.cross_entropy`, computed without a
         host synchronisation.
     """
-    if check_labels:
-        check_labels_in_range([labels], num_classes, ignore_index)
+    if check_labels:  # MIXED is a label of the levels above full resolution (whose logits are C + 1 wide)
+        mixed = logits.shape[1] > num_classes
+        check_labels_in_range([labels] if mixed else [], [] if mixed else [labels], num_classes, ignore_index)
     if logits.shape[0] == 0:
         return logits.float().sum() * 0.0  # keeps the graph (and every parameter) connected on empty levels
     # MIXED -> class C (full resolution, where the logits are C wide, holds no MIXED node)
@@ -64,15 +65,23 @@ def supervised_mean(nll_forward, log_probs: torch.Tensor, targets: torch.Tensor,
     return total / weight_sum.clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def check_labels_in_range(labels: list[torch.Tensor], num_classes: int, ignore_index: int) -> None:
-    """ValueError naming the offending values unless every label is a class 0..C-1, MIXED or `ignore_index`
-    (one host synchronisation for all of `labels`, int64 tensors)."""
-    labels = torch.cat([l.reshape(-1) for l in labels])
-    bad = (labels >= num_classes) & (labels != ignore_index)
-    if bool(bad.any()):
-        values = torch.unique(labels[bad]).tolist()
-        raise ValueError(f"labels {values[:20]} are not classes: mask labels must be < num_classes = {num_classes} "
-                         f"(or the ignore index {ignore_index})")
+def check_labels_in_range(coarse: list[torch.Tensor], fine: list[torch.Tensor], num_classes: int,
+                          ignore_index: int) -> None:
+    """ValueError naming the offending values unless every label is a class 0..C-1 or `ignore_index`, or MIXED in
+    `coarse` (the levels above full resolution; `fine`: the full-resolution level and dense masks). One host
+    synchronisation for all of them (integer tensors of any shape)."""
+    bad = [_not_a_class(l, num_classes, ignore_index, mixed_allowed) for tensors, mixed_allowed in
+           ((coarse, True), (fine, False)) for l in tensors]
+    if bad and bool(torch.stack([b.any() for b in bad]).any()):
+        values = sorted({v for b, l in zip(bad, coarse + fine) for v in torch.unique(l[b]).tolist()})
+        raise ValueError(f"labels {values[:20]} are not classes: mask labels must be in 0..{num_classes - 1} "
+                         f"(num_classes = {num_classes}) or the ignore index {ignore_index}; MIXED ({qt.MIXED}) "
+                         f"only above full resolution")
+
+
+def _not_a_class(labels: torch.Tensor, num_classes: int, ignore_index: int, mixed_allowed: bool) -> torch.Tensor:
+    wrong = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    return wrong & (labels != qt.MIXED) if mixed_allowed else wrong
 
 
 class QuadtreeLoss(nn.Module):
@@ -115,8 +124,9 @@ class QuadtreeLoss(nn.Module):
         if full_logits is not None and masks is None:
             raise ValueError("full_logits need the dense masks (B, H, W) as targets")
         if self.check_labels:
-            check_labels_in_range([level.labels for level in tree.levels] + ([] if masks is None else [masks]),
-                                  self.num_classes, self.ignore_index)
+            check_labels_in_range([level.labels for level in tree.levels[:-1]],
+                                  [tree.levels[-1].labels] + ([] if masks is None else [masks]), self.num_classes,
+                                  self.ignore_index)
         losses = {f"loss_l{l}": level_loss(logits, level.labels, self.num_classes, self.ignore_index,
                                            self.class_weights, check_labels=False)
                   for l, (logits, level) in enumerate(zip(level_logits, tree.levels))}

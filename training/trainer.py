@@ -285,8 +285,8 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg: TrainConfig, progr
             bar.set_postfix(loss=f"{loss_value:.3f}")
         if progress.step % cfg.log_every == 0:
             elapsed = time.perf_counter() - start
-            log({"step": progress.step, "epoch": progress.epoch, "lr": lr,
-                 **{name: value.item() for name, value in losses.items()},
+            values = torch.stack([value.detach().float() for value in losses.values()]).tolist()  # one sync
+            log({"step": progress.step, "epoch": progress.epoch, "lr": lr, **dict(zip(losses, values)),
                  "images_per_s": images_seen / elapsed if elapsed > 0 else None,
                  "nodes_per_level": [level.num_nodes for level in tree.levels]})
         if on_step is not None:
