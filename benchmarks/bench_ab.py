@@ -1,18 +1,19 @@
 """The same workloads under two revisions of the engine, side by side: does a change make QGN faster or slower?
 
-    python benchmarks/bench_ab.py --base REV [--sizes 512x1024,1024x2048] [--masks street,nuclei]
+    python benchmarks/bench_ab.py --base REV [--models qgn,dense] [--sizes 512x1024,1024x2048] [--masks street,nuclei]
                                   [--workloads predict,train] [--rounds 20] [--out runs/bench]
 
-The base revision's tree is exported (`git archive REV`) into a temporary folder. For each workload, size and
-mask, two worker processes - one importing the engine of REV, one the working tree's - build the same network
-(seed 0, 19 classes, depth 5, untrained) on the same input (`benchmarks/inputs.py`, written once by this process),
-warm up, then run one step at a time in alternation, A B B A A B ... for `--rounds` rounds: both see the same
-machine load, so the ratio of their medians is meaningful on a shared, noisy machine where absolute times are not.
-Each worker runs with the environment a user's process has (the engine's own OpenMP settings, 2 torch threads).
+The base revision's tree is exported (`git archive REV`) into a temporary folder. For each workload, network,
+size and mask, two worker processes - one importing the engine of REV, one the working tree's - build the same
+network (`--models`: QGN and/or its dense twin; seed 0, 19 classes, depth 5, untrained) on the same input
+(`benchmarks/inputs.py`, written once by this process), warm up, then run one step at a time in alternation,
+A B B A A B ... for `--rounds` rounds: both see the same machine load, so the ratio of their medians is meaningful
+on a shared, noisy machine where absolute times are not. Each worker runs with the environment a user's process
+has (the engine's own OpenMP settings, 2 torch threads).
 
 Workloads (only APIs both revisions have):
 - "predict": `qgn.predict.predict(fold_batch_norm(model), images, oracle_tree=tree)` at full depth - what
-  `load_predictor` runs, expanding the ground-truth tree of the mask.
+  `load_predictor` runs, expanding the ground-truth tree of the mask (the dense twin: its own prediction).
 - "train": one training step as `qgn train` runs it: `build_criterion` and `build_optimizer` of a `RunConfig`,
   forward along the ground-truth tree, loss, backward, optimizer step (the optimizer's state exists).
 - "decode": `quadtree.decode(tree, dtype=torch.int64)` of the mask's tree (painting the labels, checked).
@@ -55,7 +56,7 @@ data = torch.load(spec["inputs"])
 images, masks = data["image"][None], data["mask"][None].long()
 tree = qt.encode(masks, spec["depth"])
 torch.manual_seed(0)
-config = QGNConfig(num_classes=spec["num_classes"], depth=spec["depth"])
+config = QGNConfig(num_classes=spec["num_classes"], depth=spec["depth"], model=spec["model"])
 if spec["workload"] == "decode":
     def step():
         qt.decode(tree, dtype=torch.int64)
@@ -63,8 +64,9 @@ elif spec["workload"] == "predict":
     from qgn.fold import fold_batch_norm
     from qgn.predict import predict
     model = fold_batch_norm(build_model(config))
+    knobs = {"oracle_tree": tree} if spec["model"] == "qgn" else {}
     def step():
-        predict(model, images, oracle_tree=tree)
+        predict(model, images, **knobs)
 else:
     from training.config import RunConfig
     from training.loss import build_criterion
@@ -168,12 +170,13 @@ def compare(base_root: Path, spec: dict, rounds: int, timeout: float) -> dict:
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| workload | size | mask | base ms | new ms | new / base | peak tensor MB, base / new | peak RSS MB, "
-             "base / new |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | network | size | mask | base ms | new ms | new / base | peak tensor MB, base / new | "
+             "peak RSS MB, base / new |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         tensors = " / ".join("-" if r[f"{n}_peak_tensor_mb"] is None else f"{r[f'{n}_peak_tensor_mb']:.1f}"
                              for n in ("base", "new"))
-        lines.append(f"| {r['workload']} | {r['height']}x{r['width']} | {r['mask']} | {r['base_ms']:.1f} | "
+        lines.append(f"| {r['workload']} | {r.get('model', 'qgn')} | {r['height']}x{r['width']} | {r['mask']} | "
+                     f"{r['base_ms']:.1f} | "
                      f"{r['new_ms']:.1f} | {r['new_over_base']:.3f} | {tensors} | {r['base_peak_rss_mb']:.0f} / "
                      f"{r['new_peak_rss_mb']:.0f} |")
     return "\n".join(lines)
@@ -186,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="512x1024,1024x2048", help=f"HxW list (multiples of {1 << inputs.DEPTH})")
     parser.add_argument("--masks", default="street,nuclei", help=f"subset of {','.join(inputs.MASKS)}")
     parser.add_argument("--workloads", default="predict,train", help=f"subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--models", default="qgn", help="qgn and/or dense (its dense twin)")
     parser.add_argument("--rounds", type=int, default=20, help="timed steps of each revision per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each worker first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each worker")
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = harness.parse_sizes(args.sizes, 1 << inputs.DEPTH)
     masks = harness.parse_list(args.masks, inputs.MASKS, "--masks")
     workloads = harness.parse_list(args.workloads, WORKLOADS, "--workloads")
+    models = harness.parse_list(args.models, ("qgn", "dense"), "--models")
     records = []
     with tempfile.TemporaryDirectory(prefix="bench_ab_") as tmp:
         base_root = Path(tmp) / "base"
@@ -207,15 +212,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skipping mask {mask!r}: {harness.NUCLEI} not found", file=sys.stderr)
                     continue
                 saved = inputs.save_inputs(Path(tmp) / f"{mask}_{height}x{width}.pt", *made)
-                for workload in workloads:
-                    spec = {"workload": workload, "inputs": saved["inputs"], "depth": inputs.DEPTH,
+                for workload, model in [(w, m) for w in workloads for m in models
+                                        if w != "decode" or m == models[0]]:
+                    spec = {"workload": workload, "model": model, "inputs": saved["inputs"], "depth": inputs.DEPTH,
                             "num_classes": inputs.NUM_CLASSES, "threads": args.threads, "warmup": args.warmup}
                     started = time.perf_counter()
-                    record = {"workload": workload, "height": height, "width": width, "mask": mask,
+                    record = {"workload": workload, "model": model, "height": height, "width": width, "mask": mask,
                               "base": args.base, "base_commit": commit, "rounds": args.rounds,
                               "threads": args.threads, **compare(base_root, spec, args.rounds, args.timeout)}
                     records.append(record)
-                    print(f"{workload} {height}x{width} {mask}: base {record['base_ms']:.1f} ms, new "
+                    print(f"{workload} {model} {height}x{width} {mask}: base {record['base_ms']:.1f} ms, new "
                           f"{record['new_ms']:.1f} ms ({record['new_over_base']:.3f}x) in "
                           f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     body = table(records)

@@ -86,13 +86,14 @@ def test_ab_compares_two_revisions_step_by_step(tmp_path):
     import bench_ab
 
     assert bench_ab.main(["--base", "HEAD", "--sizes", "64x64", "--masks", "street", "--rounds", "2", "--warmup",
-                          "0", "--out", str(tmp_path)]) == 0
+                          "0", "--workloads", "predict,train,decode", "--out", str(tmp_path)]) == 0
     records = json.loads((tmp_path / "ab.json").read_text())
-    assert [r["workload"] for r in records] == ["predict", "train"]
+    assert [r["workload"] for r in records] == ["predict", "train", "decode"]
     for r in records:
         assert r["base_ms"] > 0 and r["new_ms"] > 0 and r["new_over_base"] == pytest.approx(
             r["new_ms"] / r["base_ms"], abs=1e-3)
-    assert "| predict | 64x64 | street |" in (tmp_path / "ab.md").read_text()
+        assert r["base_peak_tensor_mb"] == r["new_peak_tensor_mb"] >= 0  # one revision: the same tensors
+    assert "| predict | qgn | 64x64 | street |" in (tmp_path / "ab.md").read_text()
 
 
 def test_readme_ratio_rows_are_those_of_the_committed_records():
