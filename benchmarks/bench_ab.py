@@ -140,8 +140,12 @@ class Worker:
 
 def export_revision(revision: str, folder: Path) -> str:
     """`git archive` of `revision` unpacked into `folder`; returns its commit hash."""
-    commit = subprocess.run(["git", "rev-parse", "--verify", f"{revision}^{{commit}}"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout.strip()
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"--base {revision!r} is not a commit of the repository at {ROOT}; name one that "
+                         f"`git log` lists (a hash, a tag, HEAD~3)")
+    commit = found.stdout.strip()
     archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return commit

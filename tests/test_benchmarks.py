@@ -94,6 +94,8 @@ def test_ab_compares_two_revisions_step_by_step(tmp_path):
             r["new_ms"] / r["base_ms"], abs=1e-3)
         assert r["base_peak_tensor_mb"] == r["new_peak_tensor_mb"] >= 0  # one revision: the same tensors
     assert "| predict | qgn | 64x64 | street |" in (tmp_path / "ab.md").read_text()
+    with pytest.raises(SystemExit, match="not a commit"):
+        bench_ab.main(["--base", "no-such-revision", "--out", str(tmp_path)])
 
 
 def test_readme_ratio_rows_are_those_of_the_committed_records():
