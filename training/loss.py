@@ -127,9 +127,11 @@ class QuadtreeLoss(nn.Module):
             check_labels_in_range([level.labels for level in tree.levels[:-1]],
                                   [tree.levels[-1].labels] + ([] if masks is None else [masks]), self.num_classes,
                                   self.ignore_index)
+        # with the dense model's full-resolution logits, those replace the nodes' at full resolution
+        last = self.depth if full_logits is not None else self.depth + 1
         losses = {f"loss_l{l}": level_loss(logits, level.labels, self.num_classes, self.ignore_index,
                                            self.class_weights, check_labels=False)
-                  for l, (logits, level) in enumerate(zip(level_logits, tree.levels))}
+                  for l, (logits, level) in enumerate(zip(level_logits[:last], tree.levels[:last]))}
         if full_logits is not None:
             weight = self.class_weights[: self.num_classes].to(full_logits.device)
             losses[f"loss_l{self.depth}"] = supervised_mean(
